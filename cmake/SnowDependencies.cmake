@@ -1,0 +1,20 @@
+# Every dependency comes from Debian 12's packages (see scripts/install-deps).
+
+set(THREADS_PREFER_PTHREAD_FLAG ON)
+find_package(Threads REQUIRED)
+find_package(PkgConfig REQUIRED)
+# libevent_pthreads gives the loop its thread-safe wake-up, which post() relies on.
+pkg_check_modules(LIBEVENT REQUIRED IMPORTED_TARGET libevent_core libevent_pthreads)
+find_package(OpenTracing REQUIRED)
+find_package(fmt REQUIRED)
+find_package(spdlog REQUIRED)
+find_package(Protobuf REQUIRED)
+find_package(CLI11 REQUIRED)
+
+if(SNOW_BUILD_TESTS)
+  find_package(GTest REQUIRED)
+  include(GoogleTest)
+endif()
+if(SNOW_BUILD_BENCHMARKS)
+  find_package(benchmark REQUIRED)
+endif()

@@ -1,0 +1,75 @@
+#pragma once
+
+// The process-lifetime context: the things every module shares for as long as the process runs.
+//
+// Exactly one StaticContext exists at a time; instance() returns it. Everything lives in the
+// instance (no other hidden globals besides the injected POSIX layer), so tests make their own.
+//
+// Contract:
+//   - Thread: create, use and destroy on the loop thread (the thread that owns `loop()`).
+//   - Ownership: owns the loop, the event tree and the current DynamicContext reference; shares
+//     the tracer and logger. Must outlive every module and every DynamicContext user.
+//   - Errors: the constructor throws std::logic_error when another StaticContext exists or the
+//     POSIX layer is not set; instance() throws std::logic_error when none exists.
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include <opentracing/tracer.h>
+#include <spdlog/logger.h>
+
+#include "snow/contexts/dynamic_context.h"
+#include "snow/core/dispatcher.h"
+#include "snow/core/event.h"
+#include "snow/posix/posix.h"
+
+namespace snow {
+
+class StaticContext {
+ public:
+  struct Options {
+    std::string name = "snow-core";               // The loop's and the logger's name.
+    std::shared_ptr<opentracing::Tracer> tracer;  // Null: the noop tracer.
+    std::shared_ptr<spdlog::logger> logger;       // Null: spdlog's default logger.
+    uint64_t origin = 0;                          // Event id origin; 0: draw a random one.
+  };
+
+  explicit StaticContext(Options options);
+  StaticContext() : StaticContext(Options{}) {}
+  ~StaticContext();
+  StaticContext(const StaticContext&) = delete;
+  StaticContext& operator=(const StaticContext&) = delete;
+
+  static StaticContext& instance();
+  static bool exists() noexcept;
+
+  [[nodiscard]] posix::Posix& posix() const;
+  [[nodiscard]] Dispatcher& loop() const noexcept { return *loop_; }
+  [[nodiscard]] EventTree& events() const noexcept { return *events_; }
+  [[nodiscard]] spdlog::logger& logger() const noexcept { return *logger_; }
+  [[nodiscard]] const std::shared_ptr<spdlog::logger>& loggerPtr() const noexcept {
+    return logger_;
+  }
+  [[nodiscard]] opentracing::Tracer& tracer() const noexcept { return *tracer_; }
+  [[nodiscard]] uint64_t origin() const noexcept { return origin_; }
+
+  // The current configuration generation, or nullptr before the first one was installed.
+  [[nodiscard]] const DynamicContextPtr& current() const noexcept { return current_; }
+
+  // Makes `next` the current generation and returns the one it replaced. Operations that hold the
+  // previous one keep it alive until they finish (see dynamic_context.h).
+  DynamicContextPtr install(DynamicContextPtr next);
+
+ private:
+  static uint64_t randomOrigin(posix::Posix& os);
+
+  std::shared_ptr<opentracing::Tracer> tracer_;
+  std::shared_ptr<spdlog::logger> logger_;
+  uint64_t origin_;
+  DispatcherPtr loop_;
+  std::unique_ptr<EventTree> events_;
+  DynamicContextPtr current_;
+};
+
+}  // namespace snow

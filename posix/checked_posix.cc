@@ -1,0 +1,41 @@
+#include "snow/posix/checked_posix.h"
+
+#include <cerrno>
+#include <string>
+
+#include <fmt/format.h>
+
+#include "describe.h"
+
+namespace snow::posix {
+namespace {
+
+template <typename T, typename DescribeArguments>
+Result<T> checked(std::string_view call, Result<T> result,
+                  const DescribeArguments& describeArguments) {
+  if (result.ok() || CheckedPosix::passesThrough(call, result.errnum)) {
+    return result;
+  }
+  throw std::system_error(result.errnum, std::system_category(),
+                          fmt::format("{}({})", call, describeArguments()));
+}
+
+}  // namespace
+
+bool CheckedPosix::isFlowControl(int errnum) noexcept {
+  // EWOULDBLOCK is EAGAIN on Linux, but POSIX allows them to differ.
+  return errnum == EAGAIN || errnum == EWOULDBLOCK || errnum == EINPROGRESS || errnum == EINTR;
+}
+
+bool CheckedPosix::passesThrough(std::string_view call, int errnum) noexcept {
+  return isFlowControl(errnum) || (call == "waitpid" && errnum == ECHILD) ||
+         (call == "kill" && errnum == ESRCH);
+}
+
+#define SNOW_POSIX_METHOD(Return, name, parameters, arguments, describeArguments)     \
+  Return CheckedPosix::name parameters {                                              \
+    return checked(#name, inner_->name arguments, [&] { return describeArguments; }); \
+  }
+#include "snow/posix/posix_methods.inc"
+
+}  // namespace snow::posix

@@ -1,0 +1,141 @@
+// The runtime's hot paths against raw libevent, in one run:
+//   raw libevent event_active + dispatch of a persistent event  (the baseline)
+//   Dispatcher::schedule() and post() callbacks
+//   a resolved future's continuation
+//   a full event-tree event: create, dispatch to its handler, settle, span (noop tracer)
+// Each benchmark processes a batch of kBatch items per iteration and reports items/s; the ratio
+// table at the end divides each item's cost by raw libevent's.
+//
+// Run: build/tests/bench/snow_core_bench   (see docs/performance.md)
+
+#include <benchmark/benchmark.h>
+#include <event2/event.h>
+
+#include "snow/core/dispatcher.h"
+#include "snow/core/event.h"
+#include "snow/core/future.h"
+
+#include "ratio_reporter.h"
+
+namespace {
+
+constexpr int kBatch = 1000;
+
+// The baseline: a persistent event whose callback re-activates it until the batch is done, so
+// that each item is exactly one event_active plus one dispatch.
+void rawLibeventActivate(benchmark::State& state) {
+  event_base* base = event_base_new();
+  int remaining = 0;
+  struct Ctx {
+    event* ev;
+    int* remaining;
+  } ctx{nullptr, &remaining};
+  ctx.ev = event_new(
+      base, -1, EV_PERSIST,
+      [](evutil_socket_t, short, void* arg) {
+        auto* c = static_cast<Ctx*>(arg);
+        if (--*c->remaining > 0) {
+          event_active(c->ev, 0, 0);
+        }
+      },
+      &ctx);
+  for (auto _ : state) {
+    remaining = kBatch;
+    event_active(ctx.ev, 0, 0);
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    if (remaining != 0) {
+      state.SkipWithError("batch did not finish in one pass");
+    }
+  }
+  state.SetItemsProcessed(state.iterations() * kBatch);
+  event_free(ctx.ev);
+  event_base_free(base);
+}
+BENCHMARK(rawLibeventActivate);
+
+void runUntilZero(snow::Dispatcher& loop, const int& remaining, benchmark::State& state) {
+  while (remaining > 0) {
+    loop.run(snow::RunMode::NonBlock);
+  }
+  (void)state;
+}
+
+void dispatcherSchedule(benchmark::State& state) {
+  auto loop = snow::makeDispatcher("bench");
+  int remaining = 0;
+  for (auto _ : state) {
+    remaining = kBatch;
+    for (int i = 0; i < kBatch; ++i) {
+      loop->schedule([&remaining] { --remaining; });
+    }
+    runUntilZero(*loop, remaining, state);
+  }
+  state.SetItemsProcessed(state.iterations() * kBatch);
+}
+BENCHMARK(dispatcherSchedule);
+
+void dispatcherPost(benchmark::State& state) {
+  auto loop = snow::makeDispatcher("bench");
+  int remaining = 0;
+  for (auto _ : state) {
+    remaining = kBatch;
+    for (int i = 0; i < kBatch; ++i) {
+      loop->post([&remaining] { --remaining; });
+    }
+    runUntilZero(*loop, remaining, state);
+  }
+  state.SetItemsProcessed(state.iterations() * kBatch);
+}
+BENCHMARK(dispatcherPost);
+
+void resolvedFutureContinuation(benchmark::State& state) {
+  auto loop = snow::makeDispatcher("bench");
+  int remaining = 0;
+  std::vector<snow::Future<void>> pending;
+  pending.reserve(kBatch);
+  for (auto _ : state) {
+    remaining = kBatch;
+    for (int i = 0; i < kBatch; ++i) {
+      snow::Promise<int> promise(*loop);
+      pending.push_back(promise.future().then([&remaining](int) { --remaining; }));
+      promise.setValue(i);
+    }
+    runUntilZero(*loop, remaining, state);
+    pending.clear();
+  }
+  state.SetItemsProcessed(state.iterations() * kBatch);
+}
+BENCHMARK(resolvedFutureContinuation);
+
+void eventTreeEvent(benchmark::State& state) {
+  auto loop = snow::makeDispatcher("bench");
+  snow::EventTree tree(*loop, nullptr, 1);
+  const auto type = snow::EventType::of("bench.event");
+  int handled = 0;
+  auto registration = tree.on(type, [&handled](const snow::EventPtr&) {
+    ++handled;
+    return snow::makeReadyFuture<snow::MessagePtr>(nullptr);
+  });
+  std::vector<snow::Future<snow::MessagePtr>> results;
+  results.reserve(kBatch);
+  for (auto _ : state) {
+    for (int i = 0; i < kBatch; ++i) {
+      results.push_back(tree.raise(type));
+    }
+    while (tree.liveEvents() > 0) {
+      loop->run(snow::RunMode::NonBlock);
+    }
+    results.clear();
+  }
+  if (handled != static_cast<int>(state.iterations()) * kBatch) {
+    state.SkipWithError("not every event was handled");
+  }
+  state.SetItemsProcessed(state.iterations() * kBatch);
+}
+BENCHMARK(eventTreeEvent);
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  return snow::bench::runWithRatios(argc, argv, "rawLibeventActivate");
+}
