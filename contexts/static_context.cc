@@ -15,7 +15,9 @@ StaticContext* gInstance = nullptr;
 StaticContext::StaticContext(Options options)
     : tracer_(options.tracer ? std::move(options.tracer) : tracing::noopTracer()),
       logger_(options.logger ? std::move(options.logger) : spdlog::default_logger()),
-      origin_(options.origin != 0 ? options.origin : randomOrigin(posix::active())) {
+      // posix::active() throws when the layer is not set: a context without it is unusable.
+      origin_(options.origin != 0 ? (static_cast<void>(posix::active()), options.origin)
+                                  : randomOrigin(posix::active())) {
   if (gInstance != nullptr) {
     throw std::logic_error("a StaticContext exists already: there is one per process");
   }
@@ -55,8 +57,11 @@ uint64_t StaticContext::randomOrigin(posix::Posix& os) {
   // Zero is reserved for "not set"; draw again in the (2^-64) case we get it.
   while (origin == 0) {
     auto r = os.getrandom(&origin, sizeof(origin), 0);
-    if (!r.ok() || r.value != static_cast<ssize_t>(sizeof(origin))) {
+    if (!r.ok()) {
       throw std::system_error(r.errnum, std::system_category(), "getrandom(event id origin)");
+    }
+    if (r.value != static_cast<ssize_t>(sizeof(origin))) {
+      throw std::runtime_error("getrandom(event id origin): short read");
     }
   }
   return origin;

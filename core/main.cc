@@ -29,7 +29,9 @@ int run(const Options& options) {
   auto logger = snow::log::configure("snow", *level, *format);
 
   snow::posix::PosixPtr os = snow::posix::makeDefaultPosix(options.traceSyscalls);
-  snow::posix::setActive(os.get());
+  // Declared before the context so that it is uninstalled after the context is gone, even when
+  // an exception unwinds: teardown still closes descriptors through the layer.
+  snow::posix::ScopedInjector osInstalled(*os);
 
   snow::StaticContext::Options contextOptions;
   contextOptions.name = "main";
@@ -55,7 +57,6 @@ int run(const Options& options) {
   logger->info("ready");
   context.loop().run(snow::RunMode::UntilExit);
   logger->info("stopped");
-  snow::posix::setActive(nullptr);
   return 0;
 }
 

@@ -3,10 +3,11 @@
 //   Dispatcher::schedule() and post() callbacks
 //   a resolved future's continuation
 //   a full event-tree event: create, dispatch to its handler, settle, span (noop tracer)
-// Each benchmark processes a batch of kBatch items per iteration and reports items/s; the ratio
-// table at the end divides each item's cost by raw libevent's.
+// Each benchmark processes a burst of N items per iteration (N = 64: a working set that stays in
+// cache; N = 1000: one that does not) and reports items/s; the ratio table at the end divides each
+// item's cost by raw libevent's for the same N.
 //
-// Run: build/tests/bench/snow_core_bench   (see docs/performance.md)
+// Run: build/release/tests/bench/snow_core_bench   (see docs/performance.md)
 
 #include <benchmark/benchmark.h>
 #include <event2/event.h>
@@ -19,11 +20,14 @@
 
 namespace {
 
-constexpr int kBatch = 1000;
+void bursts(benchmark::internal::Benchmark* b) {
+  b->Arg(64)->Arg(1000);
+}
 
 // The baseline: a persistent event whose callback re-activates it until the batch is done, so
 // that each item is exactly one event_active plus one dispatch.
 void rawLibeventActivate(benchmark::State& state) {
+  const auto batch = static_cast<int>(state.range(0));
   event_base* base = event_base_new();
   int remaining = 0;
   struct Ctx {
@@ -40,18 +44,18 @@ void rawLibeventActivate(benchmark::State& state) {
       },
       &ctx);
   for (auto _ : state) {
-    remaining = kBatch;
+    remaining = batch;
     event_active(ctx.ev, 0, 0);
     event_base_loop(base, EVLOOP_NONBLOCK);
     if (remaining != 0) {
       state.SkipWithError("batch did not finish in one pass");
     }
   }
-  state.SetItemsProcessed(state.iterations() * kBatch);
+  state.SetItemsProcessed(state.iterations() * batch);
   event_free(ctx.ev);
   event_base_free(base);
 }
-BENCHMARK(rawLibeventActivate);
+BENCHMARK(rawLibeventActivate)->Apply(bursts);
 
 void runUntilZero(snow::Dispatcher& loop, const int& remaining, benchmark::State& state) {
   while (remaining > 0) {
@@ -61,41 +65,44 @@ void runUntilZero(snow::Dispatcher& loop, const int& remaining, benchmark::State
 }
 
 void dispatcherSchedule(benchmark::State& state) {
+  const auto batch = static_cast<int>(state.range(0));
   auto loop = snow::makeDispatcher("bench");
   int remaining = 0;
   for (auto _ : state) {
-    remaining = kBatch;
-    for (int i = 0; i < kBatch; ++i) {
+    remaining = batch;
+    for (int i = 0; i < batch; ++i) {
       loop->schedule([&remaining] { --remaining; });
     }
     runUntilZero(*loop, remaining, state);
   }
-  state.SetItemsProcessed(state.iterations() * kBatch);
+  state.SetItemsProcessed(state.iterations() * batch);
 }
-BENCHMARK(dispatcherSchedule);
+BENCHMARK(dispatcherSchedule)->Apply(bursts);
 
 void dispatcherPost(benchmark::State& state) {
+  const auto batch = static_cast<int>(state.range(0));
   auto loop = snow::makeDispatcher("bench");
   int remaining = 0;
   for (auto _ : state) {
-    remaining = kBatch;
-    for (int i = 0; i < kBatch; ++i) {
+    remaining = batch;
+    for (int i = 0; i < batch; ++i) {
       loop->post([&remaining] { --remaining; });
     }
     runUntilZero(*loop, remaining, state);
   }
-  state.SetItemsProcessed(state.iterations() * kBatch);
+  state.SetItemsProcessed(state.iterations() * batch);
 }
-BENCHMARK(dispatcherPost);
+BENCHMARK(dispatcherPost)->Apply(bursts);
 
 void resolvedFutureContinuation(benchmark::State& state) {
+  const auto batch = static_cast<int>(state.range(0));
   auto loop = snow::makeDispatcher("bench");
   int remaining = 0;
   std::vector<snow::Future<void>> pending;
-  pending.reserve(kBatch);
+  pending.reserve(batch);
   for (auto _ : state) {
-    remaining = kBatch;
-    for (int i = 0; i < kBatch; ++i) {
+    remaining = batch;
+    for (int i = 0; i < batch; ++i) {
       snow::Promise<int> promise(*loop);
       pending.push_back(promise.future().then([&remaining](int) { --remaining; }));
       promise.setValue(i);
@@ -103,11 +110,12 @@ void resolvedFutureContinuation(benchmark::State& state) {
     runUntilZero(*loop, remaining, state);
     pending.clear();
   }
-  state.SetItemsProcessed(state.iterations() * kBatch);
+  state.SetItemsProcessed(state.iterations() * batch);
 }
-BENCHMARK(resolvedFutureContinuation);
+BENCHMARK(resolvedFutureContinuation)->Apply(bursts);
 
 void eventTreeEvent(benchmark::State& state) {
+  const auto batch = static_cast<int>(state.range(0));
   auto loop = snow::makeDispatcher("bench");
   snow::EventTree tree(*loop, nullptr, 1);
   const auto type = snow::EventType::of("bench.event");
@@ -117,9 +125,9 @@ void eventTreeEvent(benchmark::State& state) {
     return snow::makeReadyFuture<snow::MessagePtr>(nullptr);
   });
   std::vector<snow::Future<snow::MessagePtr>> results;
-  results.reserve(kBatch);
+  results.reserve(batch);
   for (auto _ : state) {
-    for (int i = 0; i < kBatch; ++i) {
+    for (int i = 0; i < batch; ++i) {
       results.push_back(tree.raise(type));
     }
     while (tree.liveEvents() > 0) {
@@ -127,15 +135,15 @@ void eventTreeEvent(benchmark::State& state) {
     }
     results.clear();
   }
-  if (handled != static_cast<int>(state.iterations()) * kBatch) {
+  if (handled != static_cast<int>(state.iterations()) * batch) {
     state.SkipWithError("not every event was handled");
   }
-  state.SetItemsProcessed(state.iterations() * kBatch);
+  state.SetItemsProcessed(state.iterations() * batch);
 }
-BENCHMARK(eventTreeEvent);
+BENCHMARK(eventTreeEvent)->Apply(bursts);
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  return snow::bench::runWithRatios(argc, argv, "rawLibeventActivate");
+  return snow::bench::runWithRatios(argc, argv, "rawLibeventActivate");  // Same-N baseline.
 }

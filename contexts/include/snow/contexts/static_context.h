@@ -3,7 +3,9 @@
 // The process-lifetime context: the things every module shares for as long as the process runs.
 //
 // Exactly one StaticContext exists at a time; instance() returns it. Everything lives in the
-// instance (no other hidden globals besides the injected POSIX layer), so tests make their own.
+// instance, so tests make their own. The only process-wide state besides it: the injected POSIX
+// layer, the EventType name table (names are constants of the program) and spdlog's default
+// logger, which core code logs through (logger() defaults to it; the daemon configures it).
 //
 // Contract:
 //   - Thread: create, use and destroy on the loop thread (the thread that owns `loop()`).

@@ -4,10 +4,10 @@
 //
 // A Dispatcher owns one libevent event_base and the thread that runs it (the "loop thread": the
 // thread that constructed the dispatcher). All module state belongs to a loop thread. Other
-// threads hand work to it with post(), the only thread-safe method; everything else must be
-// called on the loop thread.
+// threads hand work to it with post(); post() and exit() are the only thread-safe methods,
+// everything else must be called on the loop thread.
 //
-// Ordering rules (tests/core/dispatcher_test.cc checks each one):
+// Ordering rules (tests/core/dispatcher_test.cc checks each one; rule 5 is in future_test.cc):
 //   1. schedule()d callbacks run on the loop thread in the order they were scheduled, after the
 //      current callback returns, never inline. A callback scheduled while the queue drains runs
 //      in a later drain; after at most 64 callbacks (drains, timers, I/O) in a row the loop polls
@@ -49,12 +49,13 @@ class Timer {
 };
 using TimerPtr = std::unique_ptr<Timer>;
 
-// Readiness bits for file events.
-namespace FileReady {
-inline constexpr uint32_t kRead = 0x1;
-inline constexpr uint32_t kWrite = 0x2;
-inline constexpr uint32_t kClosed = 0x4;  // The peer closed (EV_CLOSED, where the backend has it).
-}  // namespace FileReady
+// Readiness bits for file events (a bit set, hence not an enum class).
+struct FileReady {
+  static constexpr uint32_t kRead = 0x1;
+  static constexpr uint32_t kWrite = 0x2;
+  static constexpr uint32_t kClosed =
+      0x4;  // The peer closed (EV_CLOSED, where the backend has it).
+};
 
 // A persistent, level-triggered watch on a file descriptor (which it does not own).
 class FileEvent {
@@ -118,7 +119,8 @@ class Dispatcher {
   // `done` is checked after every pass. Meant for tests and shutdown sequences.
   virtual bool runUntil(UniqueFunction<bool()> done, Duration timeout) = 0;
 
-  // Makes run(UntilExit) return after the current pass. Any thread.
+  // Makes run(UntilExit) return as soon as the callback running now (if any) returns; callbacks
+  // not yet run in this pass wait for the next run(). Any thread.
   virtual void exit() = 0;
 
   // True when called on this dispatcher's loop thread.

@@ -42,7 +42,8 @@ using MessagePtr = std::shared_ptr<const Message>;
 
 // A system-wide unique event id: the 64-bit origin of the process that minted it (random, drawn
 // once per process start) and a sequence number within that origin (from 1). Printed as
-// "<origin, 16 hex digits>-<sequence, hex>", e.g. "3f9a0c1e5b7d2a64-2a"; see docs/events.md.
+// "<origin, 16 hex digits>-<sequence, hex>", e.g. "3f9a0c1e5b7d2a64-2a"; see docs/architecture.md,
+// "Event ids".
 struct EventId {
   uint64_t origin = 0;
   uint64_t sequence = 0;

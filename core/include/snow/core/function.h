@@ -22,6 +22,8 @@ namespace snow {
 template <typename Signature>
 class UniqueFunction;
 
+// storage_ is raw memory that a callable is constructed into; zeroing it would only cost time.
+// NOLINTBEGIN(cppcoreguidelines-pro-type-member-init)
 template <typename R, typename... Args>
 class UniqueFunction<R(Args...)> {
  public:
@@ -78,6 +80,7 @@ class UniqueFunction<R(Args...)> {
 
   template <typename D>
   static constexpr bool fitsInline() {
+    // NOLINTNEXTLINE(misc-redundant-expression): the alignment test is constant for most D.
     return sizeof(D) <= kInlineSize && alignof(D) <= alignof(std::max_align_t) &&
            std::is_nothrow_move_constructible_v<D>;
   }
@@ -114,6 +117,7 @@ class UniqueFunction<R(Args...)> {
   alignas(std::max_align_t) unsigned char storage_[kInlineSize];
   const Ops* ops_ = nullptr;
 };
+// NOLINTEND(cppcoreguidelines-pro-type-member-init)
 
 // The callback type of the loop: run once, on the loop thread.
 using Callback = UniqueFunction<void()>;

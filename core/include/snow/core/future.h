@@ -28,6 +28,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -299,8 +300,11 @@ class Promise {
     detail::releaseOnLoop(state_);
   }
 
-  // The consumer's end. At most once.
+  // The consumer's end. At most once, on the loop thread.
   Future<T> future() {
+    if (state_) {
+      detail::requireLoopThread(state_->loop(), "Promise::future");
+    }
     if (!state_ || futureTaken_) {
       throw std::logic_error("Promise::future() called twice");
     }
@@ -341,7 +345,10 @@ class Promise {
   }
 
   // Names this promise in the "unobserved rejection" log line. Loop thread only.
-  void setLabel(std::string label) { state_->label_ = std::move(label); }
+  void setLabel(std::string_view label) {
+    detail::requireLoopThread(state_->loop(), "Promise::setLabel");
+    state_->label_.assign(label);
+  }
 
   // Loop thread only: the consumer cancels on the loop thread.
   [[nodiscard]] bool isCancelled() const noexcept { return state_ && state_->cancelled_; }

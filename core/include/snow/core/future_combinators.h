@@ -155,8 +155,9 @@ Future<T> any(std::vector<Future<T>> futures) {
 enum class Step { Continue, Stop };
 
 // Runs `body` again each time the future it returned resolves with Step::Continue; resolves when
-// it returns Step::Stop, rejects with the first error (or exception thrown by body). Each round
-// starts from the loop's queue, so a loop of any length runs in constant stack (the reason this
+// it returns Step::Stop, rejects with the first error (or exception thrown by body). The first
+// round runs inside repeat(); every later one starts from the loop's queue, so a loop of any
+// length runs in constant stack (the reason this
 // exists: recursive then() chains overflow, see Mesos MESOS-9024). Cancelling the returned future
 // cancels the round in flight and stops.
 Future<void> repeat(UniqueFunction<Future<Step>()> body);

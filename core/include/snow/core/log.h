@@ -5,7 +5,7 @@
 // A line logged while an event's handler runs (EventTree::current()) carries that event's id and,
 // when a real tracer is in use, its trace id, so that a log line leads to its trace in Jaeger:
 //   text: 2026-11-24T16:33:52.123Z info  snow [ev=3f9a0c1e5b7d2a64-2a trace=9c0f..]: started
-//   json: {"time":"2026-11-24T16:33:52.123Z","level":"info","logger":"snow",
+//   json: {"time":"2026-11-24T16:33:52.123456Z","level":"info","logger":"snow",
 //          "event_id":"3f9a0c1e5b7d2a64-2a","trace_id":"9c0f..","msg":"started"}
 // Code that logs from a later continuation of a handler re-enters the event with
 // log::EventScope.
