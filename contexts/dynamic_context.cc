@@ -6,10 +6,11 @@
 
 namespace snow {
 
-DynamicContext::DynamicContext(uint64_t generation, std::string source)
+DynamicContext::DynamicContext(uint64_t generation, std::string source, DynamicContext* previous)
     : generation_(generation),
       source_(std::move(source)),
-      createdAt_(std::chrono::system_clock::now()) {}
+      createdAt_(std::chrono::system_clock::now()),
+      resources_(previous != nullptr ? &previous->resources() : nullptr) {}
 
 DynamicContext::~DynamicContext() = default;
 

@@ -34,8 +34,10 @@ template <typename T>
 std::string value(const T& returned) {
   if constexpr (std::is_same_v<T, std::vector<DirectoryEntry>>) {
     return fmt::format("{} entries", returned.size());
-  } else if constexpr (std::is_pointer_v<T>) {
+  } else if constexpr (std::is_same_v<T, char*> || std::is_same_v<T, const char*>) {
     return returned == nullptr ? std::string("nullptr") : path(returned);
+  } else if constexpr (std::is_pointer_v<T>) {
+    return returned == nullptr ? std::string("nullptr") : fmt::format("{}", fmt::ptr(returned));
   } else {
     return fmt::to_string(returned);
   }

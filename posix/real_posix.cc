@@ -7,6 +7,7 @@
 #include <utility>
 
 #include <dirent.h>
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <sys/prctl.h>
 #include <sys/random.h>
@@ -212,6 +213,42 @@ Result<int> RealPosix::clockGettime(clockid_t clock, struct timespec* out) {
 
 Result<ssize_t> RealPosix::getrandom(void* buf, size_t count, unsigned int flags) {
   return fromReturn(::getrandom(buf, count, flags));
+}
+
+Result<uid_t> RealPosix::geteuid() {
+  return {::geteuid(), 0};
+}
+
+Result<const char*> RealPosix::getenv(const char* name) {
+  return {::getenv(name), 0};
+}
+
+Result<void*> RealPosix::dlopen(const char* path, int flags, std::string* error) {
+  void* handle = ::dlopen(path, flags);
+  if (handle == nullptr) {
+    const char* text = ::dlerror();
+    if (error != nullptr) {
+      *error = text != nullptr ? text : "dlopen failed";
+    }
+    return {nullptr, ENOEXEC};
+  }
+  return {handle, 0};
+}
+
+Result<void*> RealPosix::dlsym(void* handle, const char* symbol) {
+  ::dlerror();  // Clear: a symbol's value may legitimately be null.
+  void* address = ::dlsym(handle, symbol);
+  if (::dlerror() != nullptr) {
+    return {nullptr, ENOENT};
+  }
+  return {address, 0};
+}
+
+Result<int> RealPosix::dlclose(void* handle) {
+  if (::dlclose(handle) != 0) {
+    return {-1, ELIBBAD};
+  }
+  return {0, 0};
 }
 
 }  // namespace snow::posix

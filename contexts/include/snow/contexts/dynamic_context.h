@@ -20,6 +20,8 @@
 #include <memory>
 #include <string>
 
+#include "snow/contexts/resources.h"
+
 namespace snow {
 
 class DynamicContext;
@@ -29,7 +31,8 @@ class DynamicContext {
  public:
   // `generation` counts configurations applied since start (1 for the first); `source` says where
   // the configuration came from, for logs ("built-in default", "/etc/snow/snow.yaml").
-  DynamicContext(uint64_t generation, std::string source);
+  // `previous` is the current generation, whose resources this one may inherit (resources.h).
+  DynamicContext(uint64_t generation, std::string source, DynamicContext* previous = nullptr);
   virtual ~DynamicContext();
   DynamicContext(const DynamicContext&) = delete;
   DynamicContext& operator=(const DynamicContext&) = delete;
@@ -43,10 +46,14 @@ class DynamicContext {
     return createdAt_;
   }
 
+  [[nodiscard]] ResourceTable& resources() noexcept { return resources_; }
+  [[nodiscard]] const ResourceTable& resources() const noexcept { return resources_; }
+
  private:
   uint64_t generation_;
   std::string source_;
   std::chrono::system_clock::time_point createdAt_;
+  ResourceTable resources_;
 };
 
 }  // namespace snow

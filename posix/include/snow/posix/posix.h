@@ -103,9 +103,21 @@ class Posix {
   virtual Result<int> sigprocmask(int how, const sigset_t* set, sigset_t* old) = 0;
   virtual Result<int> prctl(int option, unsigned long arg2) = 0;
 
+  // Identity and environment. getenv() of an unset name is not a failure: value is nullptr and
+  // errnum 0.
+  virtual Result<uid_t> geteuid() = 0;
+  virtual Result<const char*> getenv(const char* name) = 0;
+
   // Time and randomness.
   virtual Result<int> clockGettime(clockid_t clock, struct timespec* out) = 0;
   virtual Result<ssize_t> getrandom(void* buf, size_t count, unsigned int flags) = 0;
+
+  // Dynamic loading. dlopen(3) and friends report errors through dlerror(), not errno: a failed
+  // dlopen() has errnum ENOEXEC and puts dlerror()'s text into *error (when error is not null);
+  // a missing symbol has errnum ENOENT.
+  virtual Result<void*> dlopen(const char* path, int flags, std::string* error) = 0;
+  virtual Result<void*> dlsym(void* handle, const char* symbol) = 0;
+  virtual Result<int> dlclose(void* handle) = 0;
 };
 
 using PosixPtr = std::unique_ptr<Posix>;
