@@ -9,6 +9,7 @@ find_package(OpenTracing REQUIRED)
 find_package(fmt REQUIRED)
 find_package(spdlog REQUIRED)
 find_package(Protobuf REQUIRED)
+find_package(yaml-cpp REQUIRED)
 find_package(CLI11 REQUIRED)
 
 if(SNOW_BUILD_TESTS)

@@ -1,33 +1,33 @@
-// snow-core: the daemon. This is the runtime's entry point: it sets up the POSIX layer, logging,
-// the static context and the first configuration generation, then runs the loop until SIGINT or
-// SIGTERM.
+// snow-core: the daemon.
+//
+// Sets up the POSIX layer, logging and the static context, then lets snow::Daemon load the
+// plugins and the configuration and start the modules. SIGHUP reloads the configuration;
+// SIGTERM and SIGINT stop the modules in reverse order and exit 0.
 
 #include <csignal>
-#include <cstdio>
-#include <iostream>
 
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
 
-#include "snow/contexts/dynamic_context.h"
 #include "snow/contexts/static_context.h"
+#include "snow/core/daemon.h"
 #include "snow/core/log.h"
 #include "snow/posix/active.h"
 
 namespace {
 
 struct Options {
+  snow::DaemonOptions daemon;
+  bool checkConfig = false;
   std::string logLevel = "info";
   std::string logFormat = "text";
   bool traceSyscalls = false;
 };
 
 int run(const Options& options) {
-  const auto level = snow::log::parseLevel(options.logLevel);
-  const auto format = snow::log::parseFormat(options.logFormat);
-  auto logger = snow::log::configure("snow", *level, *format);
-
+  auto logger = snow::log::configure("snow", *snow::log::parseLevel(options.logLevel),
+                                     *snow::log::parseFormat(options.logFormat));
   snow::posix::PosixPtr os = snow::posix::makeDefaultPosix(options.traceSyscalls);
   // Declared before the context so that it is uninstalled after the context is gone, even when
   // an exception unwinds: teardown still closes descriptors through the layer.
@@ -37,27 +37,54 @@ int run(const Options& options) {
   contextOptions.name = "main";
   contextOptions.logger = logger;
   snow::StaticContext context(std::move(contextOptions));
-  context.install(std::make_shared<snow::DynamicContext>(1, "built-in default"));
+  snow::Dispatcher& loop = context.loop();
+  snow::Daemon daemon(context, options.daemon);
+  int exitCode = 0;
 
-  bool stopping = false;
-  auto stop = [&](const char* signal) {
-    if (!stopping) {
-      stopping = true;
-      logger->info("{} received: stopping", signal);
-      context.loop().exit();
+  if (options.checkConfig) {
+    snow::Future<void> checked = daemon.check();
+    loop.runUntil([&] { return checked.isReady(); }, std::chrono::hours(1));
+    if (checked.hasError()) {
+      logger->error("configuration refused: {}", snow::describe(checked.error()));
+      return 1;
     }
-  };
-  snow::SignalEventPtr onTerm = context.loop().listenForSignal(SIGTERM, [&] { stop("SIGTERM"); });
-  snow::SignalEventPtr onInt = context.loop().listenForSignal(SIGINT, [&] { stop("SIGINT"); });
+    logger->info("configuration OK: {} module(s) verified", daemon.moduleNames().size());
+    return 0;
+  }
 
   logger->info("snow-core {} starting: pid {}, event id origin {:016x}", SNOW_VERSION,
                os->getpid().value, context.origin());
-  logger->info("configuration generation {} applied ({})", context.current()->generation(),
-               context.current()->source());
-  logger->info("ready");
-  context.loop().run(snow::RunMode::UntilExit);
+  bool stopping = false;
+  auto stop = [&](const char* why) {
+    if (stopping) {
+      return;
+    }
+    stopping = true;
+    logger->info("{}: stopping", why);
+    daemon.stop().finally([&] { loop.exit(); }).detach();
+  };
+  snow::SignalEventPtr onTerm = loop.listenForSignal(SIGTERM, [&] { stop("SIGTERM received"); });
+  snow::SignalEventPtr onInt = loop.listenForSignal(SIGINT, [&] { stop("SIGINT received"); });
+  snow::SignalEventPtr onHup = loop.listenForSignal(SIGHUP, [&] {
+    daemon.reload()
+        .recover([&](const std::exception_ptr& error) {
+          logger->error("reload refused, the previous configuration keeps serving: {}",
+                        snow::describe(error));
+        })
+        .detach();
+  });
+
+  daemon.start()
+      .recover([&](const std::exception_ptr& error) {
+        logger->critical("cannot start: {}", snow::describe(error));
+        exitCode = 1;
+        stopping = true;
+        daemon.stop().finally([&] { loop.exit(); }).detach();
+      })
+      .detach();
+  loop.run(snow::RunMode::UntilExit);
   logger->info("stopped");
-  return 0;
+  return exitCode;
 }
 
 }  // namespace
@@ -66,6 +93,14 @@ int main(int argc, char** argv) {
   Options options;
   CLI::App app{"snow-core: an event-driven microkernel daemon with plugin modules"};
   app.set_version_flag("--version", std::string("snow-core ") + SNOW_VERSION);
+  app.add_option("--modules", options.daemon.modulesDirectory,
+                 "directory of plugins (*.so) to load")
+      ->check(CLI::ExistingDirectory);
+  app.add_option("--config", options.daemon.configFile,
+                 "configuration file (YAML); without it, the built-in default")
+      ->check(CLI::ExistingFile);
+  app.add_flag("--check-config", options.checkConfig,
+               "load the plugins and the configuration, verify it, and exit 0 (valid) or 1");
   app.add_option("--log-level", options.logLevel,
                  "trace, debug, info, warning, error, critical or off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warning", "error", "critical", "off"}))

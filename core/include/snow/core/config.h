@@ -15,7 +15,9 @@
 //
 // Thread: a Document is immutable after parsing; decode() may be called from any thread.
 
+#include <cstdint>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>

@@ -1,0 +1,27 @@
+# snow_protobuf(NAME target ROOT dir PROTOS file...): an OBJECT library of the C++ generated from
+# each .proto (paths relative to ROOT, which is also the import root). Linking it adds the objects
+# and the generated headers' root to the include path; headers are included as
+# "<path under ROOT>.pb.h", e.g. "snow/core/v1/daemon.pb.h".
+#
+# (A library of its own because a custom command's outputs only attach to targets of the same
+# directory, and the targets that use them usually live elsewhere.)
+function(snow_protobuf)
+  cmake_parse_arguments(ARG "" "NAME;ROOT" "PROTOS" ${ARGN})
+  set(out_dir ${CMAKE_CURRENT_BINARY_DIR}/proto-gen)
+  set(sources)
+  foreach(proto ${ARG_PROTOS})
+    string(REGEX REPLACE "\\.proto$" "" stem ${proto})
+    set(generated ${out_dir}/${stem}.pb.cc ${out_dir}/${stem}.pb.h)
+    add_custom_command(
+      OUTPUT ${generated}
+      COMMAND ${CMAKE_COMMAND} -E make_directory ${out_dir}
+      COMMAND protobuf::protoc --cpp_out=${out_dir} -I ${ARG_ROOT} ${ARG_ROOT}/${proto}
+      DEPENDS ${ARG_ROOT}/${proto} protobuf::protoc
+      COMMENT "protoc ${proto}"
+      VERBATIM)
+    list(APPEND sources ${generated})
+  endforeach()
+  add_library(${ARG_NAME} OBJECT ${sources})
+  target_include_directories(${ARG_NAME} PUBLIC $<BUILD_INTERFACE:${out_dir}>)
+  target_link_libraries(${ARG_NAME} PUBLIC protobuf::libprotobuf)
+endfunction()

@@ -1,0 +1,447 @@
+#include "snow/core/config.h"
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <limits>
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/duration.pb.h>
+#include <google/protobuf/reflection.h>
+#include <yaml-cpp/yaml.h>
+
+#include "snow/posix/file_descriptor.h"
+
+namespace snow::config {
+namespace {
+
+namespace pb = google::protobuf;
+
+std::string joinLines(const std::vector<std::string>& lines) {
+  std::string out;
+  for (const auto& line : lines) {
+    if (!out.empty()) {
+      out += '\n';
+    }
+    out += line;
+  }
+  return out;
+}
+
+std::vector<std::string_view> splitPath(std::string_view keyPath) {
+  std::vector<std::string_view> parts;
+  while (!keyPath.empty()) {
+    const auto dot = keyPath.find('.');
+    parts.push_back(keyPath.substr(0, dot));
+    keyPath = dot == std::string_view::npos ? std::string_view() : keyPath.substr(dot + 1);
+  }
+  return parts;
+}
+
+size_t editDistance(std::string_view a, std::string_view b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) {
+    row[j] = j;
+  }
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t above = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
+}
+
+template <typename T>
+bool parseInteger(std::string_view text, T& out) {
+  const auto* end = text.data() + text.size();
+  auto [ptr, ec] = std::from_chars(text.data(), end, out);
+  return ec == std::errc() && ptr == end;
+}
+
+bool parseDouble(std::string_view text, double& out) {
+  if (text == ".inf" || text == "+.inf") {
+    out = std::numeric_limits<double>::infinity();
+    return true;
+  }
+  if (text == "-.inf") {
+    out = -std::numeric_limits<double>::infinity();
+    return true;
+  }
+  const auto* end = text.data() + text.size();
+  auto [ptr, ec] = std::from_chars(text.data(), end, out);
+  return ec == std::errc() && ptr == end;
+}
+
+bool parseBool(std::string_view text, bool& out) {
+  if (text == "true" || text == "True" || text == "TRUE") {
+    out = true;
+    return true;
+  }
+  if (text == "false" || text == "False" || text == "FALSE") {
+    out = false;
+    return true;
+  }
+  return false;
+}
+
+// Walks YAML against a message descriptor, collecting every problem.
+class Decoder {
+ public:
+  explicit Decoder(const std::string& file) : file_(file) {}
+
+  void message(const YAML::Node& node, const std::string& path, pb::Message& out) {
+    if (node.IsNull()) {
+      return;
+    }
+    if (out.GetDescriptor()->full_name() == "google.protobuf.Duration") {
+      duration(node, path, out);
+      return;
+    }
+    if (!node.IsMap()) {
+      problem(node, path, "expected a mapping of keys (" + out.GetDescriptor()->name() + ")");
+      return;
+    }
+    const pb::Descriptor* descriptor = out.GetDescriptor();
+    for (const auto& entry : node) {
+      const auto key = entry.first.as<std::string>();
+      const std::string childPath = path.empty() ? key : path + "." + key;
+      const pb::FieldDescriptor* field = findField(*descriptor, key);
+      if (field == nullptr) {
+        problem(entry.first, childPath, unknownKey(*descriptor, key));
+        continue;
+      }
+      this->field(entry.second, childPath, out, *field);
+    }
+  }
+
+  [[nodiscard]] const std::vector<std::string>& problems() const { return problems_; }
+
+ private:
+  static const pb::FieldDescriptor* findField(const pb::Descriptor& descriptor,
+                                              const std::string& key) {
+    if (const auto* field = descriptor.FindFieldByName(key)) {
+      return field;
+    }
+    for (int i = 0; i < descriptor.field_count(); ++i) {
+      if (descriptor.field(i)->json_name() == key) {
+        return descriptor.field(i);
+      }
+    }
+    return nullptr;
+  }
+
+  static std::string unknownKey(const pb::Descriptor& descriptor, const std::string& key) {
+    std::string known;
+    std::string suggestion;
+    for (int i = 0; i < descriptor.field_count(); ++i) {
+      const std::string& name = descriptor.field(i)->name();
+      known += (known.empty() ? "" : ", ") + name;
+      if (suggestion.empty() && editDistance(key, name) <= 2) {
+        suggestion = name;
+      }
+    }
+    std::string text = "unknown key";
+    if (!suggestion.empty()) {
+      text += " (did you mean '" + suggestion + "'?)";
+    }
+    return text + (known.empty() ? "; this section takes no keys" : "; known keys: " + known);
+  }
+
+  void problem(const YAML::Node& node, const std::string& path, const std::string& what) {
+    const YAML::Mark mark = node.Mark();
+    if (mark.is_null()) {
+      problems_.push_back(fmt::format("{}: {}: {}", file_, path, what));
+    } else {
+      problems_.push_back(
+          fmt::format("{}:{}:{}: {}: {}", file_, mark.line + 1, mark.column + 1, path, what));
+    }
+  }
+
+  void field(const YAML::Node& value, const std::string& path, pb::Message& out,
+             const pb::FieldDescriptor& field) {
+    const pb::Reflection& reflection = *out.GetReflection();
+    if (value.IsNull()) {
+      reflection.ClearField(&out, &field);  // "key:" with no value: the default.
+      return;
+    }
+    if (field.is_map()) {
+      mapField(value, path, out, field);
+    } else if (field.is_repeated()) {
+      if (!value.IsSequence()) {
+        problem(value, path, "expected a list");
+        return;
+      }
+      reflection.ClearField(&out, &field);
+      for (size_t i = 0; i < value.size(); ++i) {
+        single(value[i], fmt::format("{}[{}]", path, i), out, field, true);
+      }
+    } else {
+      single(value, path, out, field, false);
+    }
+  }
+
+  void mapField(const YAML::Node& value, const std::string& path, pb::Message& out,
+                const pb::FieldDescriptor& field) {
+    if (!value.IsMap()) {
+      problem(value, path, "expected a mapping");
+      return;
+    }
+    const pb::Reflection& reflection = *out.GetReflection();
+    reflection.ClearField(&out, &field);
+    const pb::Descriptor* entryType = field.message_type();
+    for (const auto& entry : value) {
+      const auto key = entry.first.as<std::string>();
+      pb::Message* item = reflection.AddMessage(&out, &field);
+      single(entry.first, path + "." + key, *item, *entryType->map_key(), false);
+      single(entry.second, path + "." + key, *item, *entryType->map_value(), false);
+    }
+  }
+
+  // One value of `field` (an element, when `repeated`).
+  void single(const YAML::Node& value, const std::string& path, pb::Message& out,
+              const pb::FieldDescriptor& field, bool repeated) {
+    const pb::Reflection& r = *out.GetReflection();
+    if (field.cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE) {
+      pb::Message* child = repeated ? r.AddMessage(&out, &field) : r.MutableMessage(&out, &field);
+      message(value, path, *child);
+      return;
+    }
+    if (!value.IsScalar()) {
+      problem(value, path, std::string("expected a single value (") + field.type_name() + ")");
+      return;
+    }
+    const std::string text = value.Scalar();
+    auto bad = [&](const std::string& what) {
+      problem(value, path, fmt::format("'{}' is not {}", text, what));
+    };
+    switch (field.cpp_type()) {
+      case pb::FieldDescriptor::CPPTYPE_INT32: {
+        int32_t v = 0;
+        if (!parseInteger(text, v)) {
+          return bad("a 32-bit integer");
+        }
+        repeated ? r.AddInt32(&out, &field, v) : r.SetInt32(&out, &field, v);
+        break;
+      }
+      case pb::FieldDescriptor::CPPTYPE_INT64: {
+        int64_t v = 0;
+        if (!parseInteger(text, v)) {
+          return bad("a 64-bit integer");
+        }
+        repeated ? r.AddInt64(&out, &field, v) : r.SetInt64(&out, &field, v);
+        break;
+      }
+      case pb::FieldDescriptor::CPPTYPE_UINT32: {
+        uint32_t v = 0;
+        if (!parseInteger(text, v)) {
+          return bad("an unsigned 32-bit integer");
+        }
+        repeated ? r.AddUInt32(&out, &field, v) : r.SetUInt32(&out, &field, v);
+        break;
+      }
+      case pb::FieldDescriptor::CPPTYPE_UINT64: {
+        uint64_t v = 0;
+        if (!parseInteger(text, v)) {
+          return bad("an unsigned 64-bit integer");
+        }
+        repeated ? r.AddUInt64(&out, &field, v) : r.SetUInt64(&out, &field, v);
+        break;
+      }
+      case pb::FieldDescriptor::CPPTYPE_DOUBLE:
+      case pb::FieldDescriptor::CPPTYPE_FLOAT: {
+        double v = 0;
+        if (!parseDouble(text, v)) {
+          return bad("a number");
+        }
+        if (field.cpp_type() == pb::FieldDescriptor::CPPTYPE_FLOAT) {
+          const auto f = static_cast<float>(v);
+          repeated ? r.AddFloat(&out, &field, f) : r.SetFloat(&out, &field, f);
+        } else {
+          repeated ? r.AddDouble(&out, &field, v) : r.SetDouble(&out, &field, v);
+        }
+        break;
+      }
+      case pb::FieldDescriptor::CPPTYPE_BOOL: {
+        bool v = false;
+        if (!parseBool(text, v)) {
+          return bad("true or false");
+        }
+        repeated ? r.AddBool(&out, &field, v) : r.SetBool(&out, &field, v);
+        break;
+      }
+      case pb::FieldDescriptor::CPPTYPE_ENUM: {
+        const pb::EnumValueDescriptor* v = field.enum_type()->FindValueByName(text);
+        if (v == nullptr) {
+          std::string names;
+          for (int i = 0; i < field.enum_type()->value_count(); ++i) {
+            names += (i == 0 ? "" : ", ") + field.enum_type()->value(i)->name();
+          }
+          return bad("one of: " + names);
+        }
+        repeated ? r.AddEnum(&out, &field, v) : r.SetEnum(&out, &field, v);
+        break;
+      }
+      case pb::FieldDescriptor::CPPTYPE_STRING:
+        repeated ? r.AddString(&out, &field, text) : r.SetString(&out, &field, text);
+        break;
+      case pb::FieldDescriptor::CPPTYPE_MESSAGE:
+        break;  // Handled above.
+    }
+  }
+
+  void duration(const YAML::Node& node, const std::string& path, pb::Message& out) {
+    auto nanos = node.IsScalar() ? parseDurationNanos(node.Scalar()) : std::nullopt;
+    if (!nanos) {
+      problem(node, path, "expected a duration such as 250ms, 10s, 1.5m or 2h");
+      return;
+    }
+    auto& d = dynamic_cast<pb::Duration&>(out);
+    d.set_seconds(*nanos / 1'000'000'000);
+    d.set_nanos(static_cast<int32_t>(*nanos % 1'000'000'000));
+  }
+
+  const std::string& file_;
+  std::vector<std::string> problems_;
+};
+
+}  // namespace
+
+ConfigError::ConfigError(std::vector<std::string> problems)
+    : std::runtime_error(joinLines(problems)), problems_(std::move(problems)) {}
+
+Document::Document(std::unique_ptr<YAML::Node> root, std::string sourceName)
+    : root_(std::move(root)), sourceName_(std::move(sourceName)) {}
+
+Document::Document(const Document& other)
+    : root_(std::make_unique<YAML::Node>(*other.root_)), sourceName_(other.sourceName_) {}
+Document& Document::operator=(const Document& other) {
+  if (this != &other) {
+    root_ = std::make_unique<YAML::Node>(*other.root_);
+    sourceName_ = other.sourceName_;
+  }
+  return *this;
+}
+Document::Document(Document&&) noexcept = default;
+Document& Document::operator=(Document&&) noexcept = default;
+Document::~Document() = default;
+
+Document Document::parseString(std::string_view text, std::string sourceName) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(std::string(text));
+  } catch (const YAML::ParserException& e) {
+    throw ConfigError({fmt::format("{}:{}:{}: YAML syntax error: {}", sourceName, e.mark.line + 1,
+                                   e.mark.column + 1, e.msg)});
+  }
+  if (!root.IsNull() && !root.IsMap()) {
+    throw ConfigError({sourceName + ": the top level must be a mapping of sections"});
+  }
+  return Document(std::make_unique<YAML::Node>(std::move(root)), std::move(sourceName));
+}
+
+Document Document::parseFile(posix::Posix& os, const std::string& path) {
+  auto opened = os.open(path.c_str(), O_RDONLY | O_CLOEXEC, 0);
+  if (!opened.ok()) {
+    throw ConfigError({path + ": cannot open: " + std::system_category().message(opened.errnum)});
+  }
+  posix::FileDescriptor fd(opened.value);
+  std::string text;
+  char buffer[16384];
+  for (;;) {
+    auto r = os.read(fd.get(), buffer, sizeof(buffer));
+    if (!r.ok()) {
+      if (r.errnum == EINTR) {
+        continue;
+      }
+      throw ConfigError({path + ": cannot read: " + std::system_category().message(r.errnum)});
+    }
+    if (r.value == 0) {
+      break;
+    }
+    text.append(buffer, static_cast<size_t>(r.value));
+  }
+  return parseString(text, path);
+}
+
+std::unique_ptr<YAML::Node> Document::find(std::string_view keyPath) const {
+  // yaml-cpp's operator[] on a const node does not insert; Node copies share the tree.
+  YAML::Node current = *root_;
+  for (auto part : splitPath(keyPath)) {
+    if (!current.IsMap()) {
+      return nullptr;
+    }
+    const YAML::Node next = static_cast<const YAML::Node&>(current)[std::string(part)];
+    if (!next.IsDefined()) {
+      return nullptr;
+    }
+    current.reset(next);  // Rebinds; operator= would overwrite the tree's content instead.
+  }
+  return std::make_unique<YAML::Node>(current);
+}
+
+bool Document::has(std::string_view keyPath) const {
+  return find(keyPath) != nullptr;
+}
+
+std::vector<std::string> Document::keys(std::string_view keyPath) const {
+  auto node = find(keyPath);
+  std::vector<std::string> out;
+  if (!node || node->IsNull()) {
+    return out;
+  }
+  if (!node->IsMap()) {
+    const YAML::Mark mark = node->Mark();
+    throw ConfigError({fmt::format("{}:{}:{}: {}: expected a mapping", sourceName_, mark.line + 1,
+                                   mark.column + 1, keyPath)});
+  }
+  for (const auto& entry : *node) {
+    out.push_back(entry.first.as<std::string>());
+  }
+  return out;
+}
+
+void Document::decode(std::string_view keyPath, google::protobuf::Message& out) const {
+  out.Clear();
+  auto node = find(keyPath);
+  if (!node) {
+    return;
+  }
+  Decoder decoder(sourceName_);
+  decoder.message(*node, std::string(keyPath), out);
+  if (!decoder.problems().empty()) {
+    throw ConfigError(decoder.problems());
+  }
+}
+
+std::optional<int64_t> parseDurationNanos(std::string_view text) noexcept {
+  struct Unit {
+    std::string_view suffix;
+    double nanos;
+  };
+  // Longest suffixes first: "ms" before "s", "us" and "ns" before "s".
+  static constexpr Unit kUnits[] = {{"ns", 1},  {"us", 1e3}, {"ms", 1e6},
+                                    {"s", 1e9}, {"m", 60e9}, {"h", 3600e9}};
+  for (const auto& unit : kUnits) {
+    if (text.size() > unit.suffix.size() && text.ends_with(unit.suffix)) {
+      double amount = 0;
+      if (!parseDouble(text.substr(0, text.size() - unit.suffix.size()), amount) || amount < 0 ||
+          !std::isfinite(amount)) {
+        return std::nullopt;
+      }
+      const double nanos = amount * unit.nanos;
+      if (nanos > static_cast<double>(std::numeric_limits<int64_t>::max())) {
+        return std::nullopt;
+      }
+      return static_cast<int64_t>(std::llround(nanos));
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace snow::config

@@ -1,0 +1,286 @@
+#include "snow/core/daemon.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include "snow/core/v1/daemon.pb.h"
+#include "snow/posix/file_descriptor.h"
+
+namespace snow {
+
+const char* const kDefaultConfiguration = R"(# snow-core's built-in default configuration.
+daemon:
+  plugin_errors: REFUSE
+  stop_timeout: 10s
+modules: {}
+)";
+
+namespace {
+
+constexpr Duration kDefaultStopTimeout = std::chrono::seconds(10);
+
+Duration toDuration(const google::protobuf::Duration& d, Duration fallback) {
+  if (d.seconds() == 0 && d.nanos() == 0) {
+    return fallback;
+  }
+  return std::chrono::seconds(d.seconds()) + std::chrono::nanoseconds(d.nanos());
+}
+
+// Runs `call` and turns a throw into a rejected future, so that every failure takes one path.
+template <typename F>
+Future<void> guarded(F&& call) {
+  try {
+    return call();
+  } catch (...) {
+    return makeErrorFuture<void>(std::current_exception());
+  }
+}
+
+// Prefixes a module's failure with the module and the stage.
+Future<void> named(Future<void> outcome, const std::string& module, const char* stage) {
+  return outcome.recover([module, stage](const std::exception_ptr& error) -> Future<void> {
+    return makeErrorFuture<void>(std::runtime_error(fmt::format(
+        "module '{}' refused the configuration ({}): {}", module, stage, describe(error))));
+  });
+}
+
+}  // namespace
+
+Daemon::Daemon(StaticContext& context, DaemonOptions options)
+    : context_(context),
+      options_(std::move(options)),
+      loader_(context.posix(), registry_),
+      stopTimeout_(kDefaultStopTimeout) {}
+
+Daemon::~Daemon() {
+  modules_.clear();
+}
+
+config::Document Daemon::readConfiguration() const {
+  if (options_.configFile.empty()) {
+    return config::Document::parseString(kDefaultConfiguration, "built-in default configuration");
+  }
+  return config::Document::parseFile(context_.posix(), options_.configFile);
+}
+
+void Daemon::loadModules(const config::Document& document) {
+  core::v1::DaemonConfig daemon;
+  document.decode("daemon", daemon);
+  stopTimeout_ = toDuration(daemon.stop_timeout(), kDefaultStopTimeout);
+  if (!options_.modulesDirectory.empty()) {
+    const auto policy = daemon.plugin_errors() == core::v1::DaemonConfig::SKIP
+                            ? PluginErrorPolicy::Skip
+                            : PluginErrorPolicy::Refuse;
+    for (const auto& problem : loader_.loadDirectory(options_.modulesDirectory, policy)) {
+      context_.logger().error("plugin skipped: {}", problem);
+    }
+  }
+  for (const auto& info : registry_.modules()) {
+    modules_.push_back(Loaded{&info, info.factory()});
+    context_.logger().info("module {} {} loaded from {}", info.name, info.version, info.origin);
+  }
+}
+
+Daemon::Configs Daemon::decodeSections(const config::Document& document) const {
+  std::vector<std::string> problems;
+  for (const auto& key : document.keys("modules")) {
+    if (registry_.find(key) == nullptr) {
+      std::string loaded;
+      for (const auto& m : modules_) {
+        loaded += (loaded.empty() ? "" : ", ") + m.info->name;
+      }
+      problems.push_back(
+          fmt::format("{}: modules.{}: no module named '{}' is loaded ({})", document.sourceName(),
+                      key, key, loaded.empty() ? "no modules are loaded" : "loaded: " + loaded));
+    }
+  }
+  Configs configs;
+  for (const auto& m : modules_) {
+    std::unique_ptr<google::protobuf::Message> config(m.module->configPrototype().New());
+    try {
+      document.decode("modules." + m.info->name, *config);
+    } catch (const config::ConfigError& e) {
+      problems.insert(problems.end(), e.problems().begin(), e.problems().end());
+    }
+    configs.push_back(std::move(config));
+  }
+  if (!problems.empty()) {
+    throw config::ConfigError(std::move(problems));
+  }
+  return configs;
+}
+
+Future<void> Daemon::verifyAll(const Configs& configs) {
+  std::vector<Future<void>> verifications;
+  for (size_t i = 0; i < modules_.size(); ++i) {
+    Module& module = *modules_[i].module;
+    const google::protobuf::Message& config = *configs[i];
+    verifications.push_back(
+        named(guarded([&] { return module.verify(config); }), modules_[i].info->name, "verify"));
+  }
+  return all(std::move(verifications));
+}
+
+Future<void> Daemon::runInOrder(const char* stage, UniqueFunction<Future<void>(size_t)> step) {
+  auto index = std::make_shared<size_t>(0);
+  auto body = std::make_shared<UniqueFunction<Future<void>(size_t)>>(std::move(step));
+  return repeat([this, index, body, stage]() -> Future<Step> {
+    if (*index == modules_.size()) {
+      return makeReadyFuture<Step>(Step::Stop);
+    }
+    const size_t i = (*index)++;
+    return named(guarded([&] { return (*body)(i); }), modules_[i].info->name, stage).then([] {
+      return Step::Continue;
+    });
+  });
+}
+
+Future<void> Daemon::transaction(const config::Document& document) {
+  auto configs = std::make_shared<Configs>(decodeSections(document));
+  const DynamicContextPtr& current = context_.current();
+  const uint64_t generation = current ? current->generation() + 1 : 1;
+  auto next = std::make_shared<DynamicContext>(generation, document.sourceName(), current.get());
+  return verifyAll(*configs)
+      .then([this, configs, next] {
+        return runInOrder("apply", [this, configs, next](size_t i) {
+          return modules_[i].module->apply(*(*configs)[i], *next);
+        });
+      })
+      .then([this, next] {
+        DynamicContextPtr previous = context_.install(next);
+        next->resources().forgetPrevious();
+        for (auto& m : modules_) {
+          m.module->activated(*next);
+        }
+        size_t inherited = 0;
+        for (const auto& key : next->resources().keys()) {
+          inherited += next->resources().inherited(key) ? 1 : 0;
+        }
+        if (previous) {
+          context_.logger().info(
+              "configuration generation {} from {} is current; {} of its {} "
+              "resources inherited from generation {}",
+              next->generation(), next->source(), inherited, next->resources().size(),
+              previous->generation());
+        } else {
+          context_.logger().info("configuration generation {} from {} is current",
+                                 next->generation(), next->source());
+        }
+      });
+}
+
+Future<void> Daemon::start() {
+  return guarded([this] {
+           config::Document document = readConfiguration();
+           loadModules(document);
+           return transaction(document);
+         })
+      .then([this] {
+        return runInOrder("start", [this](size_t i) { return modules_[i].module->start(); });
+      })
+      .then([this] {
+        started_ = true;
+        context_.logger().info("ready: {} module{} started ({})", modules_.size(),
+                               modules_.size() == 1 ? "" : "s", fmt::join(moduleNames(), ", "));
+        try {
+          notifySystemd(context_.posix(), "READY=1");
+        } catch (const std::exception& e) {
+          context_.logger().warn("cannot tell systemd we are ready: {}", e.what());
+        }
+      });
+}
+
+Future<void> Daemon::check() {
+  return guarded([this] {
+    config::Document document = readConfiguration();
+    loadModules(document);
+    auto configs = std::make_shared<Configs>(decodeSections(document));
+    return verifyAll(*configs).finally([configs] {});
+  });
+}
+
+Future<void> Daemon::reload() {
+  if (busy_) {
+    return makeErrorFuture<void>(std::runtime_error("a reload is already running"));
+  }
+  busy_ = true;
+  context_.logger().info("reloading the configuration from {}", options_.configFile.empty()
+                                                                    ? "the built-in default"
+                                                                    : options_.configFile);
+  return guarded([this] { return transaction(readConfiguration()); }).finally([this] {
+    busy_ = false;
+  });
+}
+
+Future<void> Daemon::stop() {
+  if (!started_) {
+    return makeReadyFuture();
+  }
+  started_ = false;
+  const MonotonicTime deadline = context_.loop().now() + stopTimeout_;
+  auto index = std::make_shared<size_t>(0);
+  return repeat([this, index, deadline]() -> Future<Step> {
+    if (*index == modules_.size()) {
+      return makeReadyFuture<Step>(Step::Stop);
+    }
+    Loaded& m = modules_[modules_.size() - 1 - *index];
+    ++*index;
+    const Duration left = std::max(Duration::zero(), deadline - context_.loop().now());
+    const std::string name = m.info->name;
+    return guarded([&] { return m.module->stop(); })
+        .within(left, "stopping module '" + name + "'")
+        .then([this, name] { context_.logger().info("module {} stopped", name); })
+        .recover([this, name](const std::exception_ptr& error) {
+          context_.logger().error("module {} did not stop cleanly: {}", name, describe(error));
+        })
+        .then([] { return Step::Continue; });
+  });
+}
+
+std::vector<std::string> Daemon::moduleNames() const {
+  std::vector<std::string> names;
+  for (const auto& m : modules_) {
+    names.push_back(m.info->name);
+  }
+  return names;
+}
+
+bool notifySystemd(posix::Posix& os, std::string_view state) {
+  const char* socketPath = os.getenv("NOTIFY_SOCKET").value;
+  if (socketPath == nullptr || *socketPath == '\0') {
+    return false;
+  }
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  const size_t length = std::strlen(socketPath);
+  if (length >= sizeof(address.sun_path)) {
+    throw std::system_error(ENAMETOOLONG, std::system_category(), "NOTIFY_SOCKET");
+  }
+  std::memcpy(address.sun_path, socketPath, length);
+  if (address.sun_path[0] == '@') {
+    address.sun_path[0] = '\0';  // An abstract socket.
+  }
+  auto made = os.socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (!made.ok()) {
+    throw std::system_error(made.errnum, std::system_category(), "socket(NOTIFY_SOCKET)");
+  }
+  posix::FileDescriptor fd(made.value);
+  const auto size = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + length);
+  auto connected = os.connect(fd.get(), reinterpret_cast<const sockaddr*>(&address), size);
+  if (!connected.ok()) {
+    throw std::system_error(connected.errnum, std::system_category(),
+                            std::string("connect(") + socketPath + ")");
+  }
+  auto written = os.write(fd.get(), state.data(), state.size());
+  if (!written.ok()) {
+    throw std::system_error(written.errnum, std::system_category(), "write(NOTIFY_SOCKET)");
+  }
+  return true;
+}
+
+}  // namespace snow
