@@ -22,6 +22,9 @@ function(snow_protobuf)
     list(APPEND sources ${generated})
   endforeach()
   add_library(${ARG_NAME} OBJECT ${sources})
+  # Its objects end up in shared objects (libsnow-core, plugins). In-tree the top CMakeLists.txt
+  # sets CMAKE_POSITION_INDEPENDENT_CODE; a plugin project using the installed package does not.
+  set_target_properties(${ARG_NAME} PROPERTIES POSITION_INDEPENDENT_CODE ON)
   target_include_directories(${ARG_NAME} PUBLIC $<BUILD_INTERFACE:${out_dir}>)
   target_link_libraries(${ARG_NAME} PUBLIC protobuf::libprotobuf)
 endfunction()

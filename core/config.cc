@@ -1,9 +1,11 @@
 #include "snow/core/config.h"
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <cmath>
 #include <limits>
+#include <system_error>
 
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -90,6 +92,39 @@ bool parseBool(std::string_view text, bool& out) {
   return false;
 }
 
+bool equalsIgnoringCase(std::string_view a, std::string_view b) {
+  return std::equal(a.begin(), a.end(), b.begin(), b.end(), [](char x, char y) {
+    return std::tolower(static_cast<unsigned char>(x)) ==
+           std::tolower(static_cast<unsigned char>(y));
+  });
+}
+
+// The enum value named `text`: an exact match first, then one differing only in case (operators
+// write `plugin_errors: skip`).
+const pb::EnumValueDescriptor* findEnumValue(const pb::EnumDescriptor& type,
+                                             const std::string& text) {
+  if (const auto* exact = type.FindValueByName(text)) {
+    return exact;
+  }
+  for (int i = 0; i < type.value_count(); ++i) {
+    if (equalsIgnoringCase(type.value(i)->name(), text)) {
+      return type.value(i);
+    }
+  }
+  return nullptr;
+}
+
+// A CheckedPosix (the daemon's layer) throws std::system_error where the plain layers return
+// errnum; both come back as a Result here, so that parseFile's failures are ConfigErrors.
+template <typename T, typename Call>
+posix::Result<T> errnoOf(Call&& call) {
+  try {
+    return call();
+  } catch (const std::system_error& e) {
+    return {T{}, e.code().value()};
+  }
+}
+
 // Walks YAML against a message descriptor, collecting every problem.
 class Decoder {
  public:
@@ -109,8 +144,11 @@ class Decoder {
     }
     const pb::Descriptor* descriptor = out.GetDescriptor();
     for (const auto& entry : node) {
+      if (!plainKey(entry.first, path)) {
+        continue;
+      }
       const auto key = entry.first.as<std::string>();
-      const std::string childPath = path.empty() ? key : path + "." + key;
+      const std::string childPath = path.empty() ? key : fmt::format("{}.{}", path, key);
       const pb::FieldDescriptor* field = findField(*descriptor, key);
       if (field == nullptr) {
         problem(entry.first, childPath, unknownKey(*descriptor, key));
@@ -123,6 +161,16 @@ class Decoder {
   [[nodiscard]] const std::vector<std::string>& problems() const { return problems_; }
 
  private:
+  // A key that is a list or a mapping (`? [a, b]`) has no name; as<std::string>() would throw
+  // yaml-cpp's bad conversion instead of a ConfigError.
+  bool plainKey(const YAML::Node& key, const std::string& path) {
+    if (key.IsScalar() || key.IsNull()) {
+      return true;
+    }
+    problem(key, path, "a key must be a plain name");
+    return false;
+  }
+
   static const pb::FieldDescriptor* findField(const pb::Descriptor& descriptor,
                                               const std::string& key) {
     if (const auto* field = descriptor.FindFieldByName(key)) {
@@ -139,10 +187,12 @@ class Decoder {
   static std::string unknownKey(const pb::Descriptor& descriptor, const std::string& key) {
     std::string known;
     std::string suggestion;
+    size_t best = 3;  // Suggest only names within two edits; the closest one, not the first.
     for (int i = 0; i < descriptor.field_count(); ++i) {
       const std::string& name = descriptor.field(i)->name();
       known += (known.empty() ? "" : ", ") + name;
-      if (suggestion.empty() && editDistance(key, name) <= 2) {
+      if (const size_t distance = editDistance(key, name); distance < best) {
+        best = distance;
         suggestion = name;
       }
     }
@@ -196,10 +246,14 @@ class Decoder {
     reflection.ClearField(&out, &field);
     const pb::Descriptor* entryType = field.message_type();
     for (const auto& entry : value) {
+      if (!plainKey(entry.first, path)) {
+        continue;
+      }
       const auto key = entry.first.as<std::string>();
       pb::Message* item = reflection.AddMessage(&out, &field);
-      single(entry.first, path + "." + key, *item, *entryType->map_key(), false);
-      single(entry.second, path + "." + key, *item, *entryType->map_value(), false);
+      const std::string itemPath = fmt::format("{}.{}", path, key);
+      single(entry.first, itemPath, *item, *entryType->map_key(), false);
+      single(entry.second, itemPath, *item, *entryType->map_value(), false);
     }
   }
 
@@ -276,7 +330,7 @@ class Decoder {
         break;
       }
       case pb::FieldDescriptor::CPPTYPE_ENUM: {
-        const pb::EnumValueDescriptor* v = field.enum_type()->FindValueByName(text);
+        const pb::EnumValueDescriptor* v = findEnumValue(*field.enum_type(), text);
         if (v == nullptr) {
           std::string names;
           for (int i = 0; i < field.enum_type()->value_count(); ++i) {
@@ -346,7 +400,7 @@ Document Document::parseString(std::string_view text, std::string sourceName) {
 }
 
 Document Document::parseFile(posix::Posix& os, const std::string& path) {
-  auto opened = os.open(path.c_str(), O_RDONLY | O_CLOEXEC, 0);
+  auto opened = errnoOf<int>([&] { return os.open(path.c_str(), O_RDONLY | O_CLOEXEC, 0); });
   if (!opened.ok()) {
     throw ConfigError({path + ": cannot open: " + std::system_category().message(opened.errnum)});
   }
@@ -354,7 +408,7 @@ Document Document::parseFile(posix::Posix& os, const std::string& path) {
   std::string text;
   char buffer[16384];
   for (;;) {
-    auto r = os.read(fd.get(), buffer, sizeof(buffer));
+    auto r = errnoOf<ssize_t>([&] { return os.read(fd.get(), buffer, sizeof(buffer)); });
     if (!r.ok()) {
       if (r.errnum == EINTR) {
         continue;
@@ -401,6 +455,11 @@ std::vector<std::string> Document::keys(std::string_view keyPath) const {
                                    mark.column + 1, keyPath)});
   }
   for (const auto& entry : *node) {
+    if (!entry.first.IsScalar() && !entry.first.IsNull()) {  // As in Decoder::plainKey.
+      const YAML::Mark mark = entry.first.Mark();
+      throw ConfigError({fmt::format("{}:{}:{}: {}: a key must be a plain name", sourceName_,
+                                     mark.line + 1, mark.column + 1, keyPath)});
+    }
     out.push_back(entry.first.as<std::string>());
   }
   return out;
@@ -435,7 +494,9 @@ std::optional<int64_t> parseDurationNanos(std::string_view text) noexcept {
         return std::nullopt;
       }
       const double nanos = amount * unit.nanos;
-      if (nanos > static_cast<double>(std::numeric_limits<int64_t>::max())) {
+      // int64_t's maximum is 2^63 - 1, which as a double is 2^63: `>=`, so that a value that
+      // rounds to 2^63 is rejected rather than overflowing llround (which gave INT64_MIN).
+      if (nanos >= static_cast<double>(std::numeric_limits<int64_t>::max())) {
         return std::nullopt;
       }
       return static_cast<int64_t>(std::llround(nanos));

@@ -58,7 +58,10 @@ Daemon::Daemon(StaticContext& context, DaemonOptions options)
       stopTimeout_(kDefaultStopTimeout) {}
 
 Daemon::~Daemon() {
+  // Everything made by plugin code goes before the loader unloads the plugins: the modules, and
+  // the registry, whose factories' destructors are plugin code too.
   modules_.clear();
+  registry_.clear();
 }
 
 config::Document Daemon::readConfiguration() const {
@@ -68,9 +71,33 @@ config::Document Daemon::readConfiguration() const {
   return config::Document::parseFile(context_.posix(), options_.configFile);
 }
 
-void Daemon::loadModules(const config::Document& document) {
+core::v1::DaemonConfig Daemon::decodeDaemonSection(const config::Document& document) const {
+  std::vector<std::string> problems;
+  for (const auto& section : document.keys("")) {
+    if (section != "daemon" && section != "modules") {
+      problems.push_back(fmt::format(
+          "{}: {}: unknown section{}; the sections are 'daemon' and "
+          "'modules'",
+          document.sourceName(), section,
+          section.size() > 3 && (section.starts_with("dae") || section.starts_with("dea"))
+              ? " (did you mean 'daemon'?)"
+              : ""));
+    }
+  }
   core::v1::DaemonConfig daemon;
-  document.decode("daemon", daemon);
+  try {
+    document.decode("daemon", daemon);
+  } catch (const config::ConfigError& e) {
+    problems.insert(problems.end(), e.problems().begin(), e.problems().end());
+  }
+  if (!problems.empty()) {
+    throw config::ConfigError(std::move(problems));
+  }
+  return daemon;
+}
+
+void Daemon::loadModules(const config::Document& document) {
+  const core::v1::DaemonConfig daemon = decodeDaemonSection(document);
   stopTimeout_ = toDuration(daemon.stop_timeout(), kDefaultStopTimeout);
   if (!options_.modulesDirectory.empty()) {
     const auto policy = daemon.plugin_errors() == core::v1::DaemonConfig::SKIP
@@ -212,9 +239,16 @@ Future<void> Daemon::reload() {
   context_.logger().info("reloading the configuration from {}", options_.configFile.empty()
                                                                     ? "the built-in default"
                                                                     : options_.configFile);
-  return guarded([this] { return transaction(readConfiguration()); }).finally([this] {
-    busy_ = false;
-  });
+  return guarded([this] {
+           config::Document document = readConfiguration();
+           // The daemon section is checked like the modules' (a reload with a broken one is
+           // refused); stop_timeout takes effect, plugin_errors only at the next start.
+           const core::v1::DaemonConfig daemon = decodeDaemonSection(document);
+           return transaction(document).then([this, daemon] {
+             stopTimeout_ = toDuration(daemon.stop_timeout(), kDefaultStopTimeout);
+           });
+         })
+      .finally([this] { busy_ = false; });
 }
 
 Future<void> Daemon::stop() {

@@ -72,7 +72,20 @@ void PluginLoader::load(const std::string& path) {
   }
 
   std::string dlError;
-  auto opened = os_.dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL, &dlError);
+  posix::Result<void*> opened;
+  try {
+    opened = os_.dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL, &dlError);
+  } catch (const std::system_error&) {
+    // A checked layer throws for a failed dlopen(); dlerror()'s text says more than its errno.
+    throw PluginError(path, "cannot be loaded: " + (dlError.empty() ? "dlopen failed" : dlError));
+  } catch (const std::exception& e) {
+    // Static initialisers run inside dlopen(). Ours only link pointers, but generated protobuf
+    // code registers its .proto files in libprotobuf's process-wide pool, which refuses a file
+    // that another plugin registered already.
+    throw PluginError(path, std::string("its static initialisation failed: ") + e.what() +
+                                " (does another plugin embed the same .proto file? Each .proto "
+                                "path and package may appear in one plugin only)");
+  }
   if (!opened.ok()) {
     throw PluginError(path, "cannot be loaded: " + dlError);
   }
@@ -135,7 +148,8 @@ std::vector<std::string> PluginLoader::loadDirectory(const std::string& director
   std::sort(names.begin(), names.end());
   std::vector<std::string> problems;
   for (const auto& name : names) {
-    const std::string path = directory + (directory.ends_with('/') ? "" : "/") + name;
+    const std::string path =
+        fmt::format("{}{}{}", directory, directory.ends_with('/') ? "" : "/", name);
     try {
       load(path);
     } catch (const PluginError& e) {

@@ -11,7 +11,8 @@
 // Mapping: a message is a YAML mapping whose keys are the field names (or their JSON names);
 // repeated fields are sequences; map<string, V> fields are mappings; enums are their value names;
 // bools are true/false; google.protobuf.Duration is a string such as "250ms", "10s", "1.5m".
-// Quoted scalars are strings; a plain scalar is converted to the field's type.
+// Scalars are converted by the field's type, quoted or not ("8080" and 8080 both fill an int32;
+// 123 fills a string field with "123"); enum names match case-insensitively.
 //
 // Thread: a Document is immutable after parsing; decode() may be called from any thread.
 
@@ -27,7 +28,7 @@
 
 #include "snow/posix/posix.h"
 
-namespace YAML {
+namespace YAML {  // NOLINT(readability-identifier-naming): yaml-cpp's namespace.
 class Node;
 }
 

@@ -31,6 +31,9 @@
 #include "snow/core/plugin_loader.h"
 
 namespace snow {
+namespace core::v1 {
+class DaemonConfig;
+}  // namespace core::v1
 
 struct DaemonOptions {
   std::string modulesDirectory;  // Empty: no plugins.
@@ -64,6 +67,8 @@ class Daemon {
   using Configs = std::vector<std::unique_ptr<google::protobuf::Message>>;
 
   config::Document readConfiguration() const;
+  // The `daemon:` section, and a check that no other top-level section but `modules:` exists.
+  [[nodiscard]] core::v1::DaemonConfig decodeDaemonSection(const config::Document& document) const;
   void loadModules(const config::Document& document);
   Configs decodeSections(const config::Document& document) const;
   Future<void> verifyAll(const Configs& configs);

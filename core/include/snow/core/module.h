@@ -109,6 +109,7 @@ class ModuleRegistry {
   [[nodiscard]] const std::vector<ModuleInfo>& modules() const noexcept { return modules_; }
   // Forgets the modules registered after the first `size` (undoes a plugin's partial register).
   void truncate(size_t size);
+  void clear() { modules_.clear(); }
 
  private:
   std::vector<ModuleInfo> modules_;
@@ -132,7 +133,7 @@ inline constexpr uint32_t kPluginMagic = 0x574f4e53;  // "SNOW", little-endian.
 
 // The one symbol the loader looks up in a plugin. Plain C layout, so that it can be read and
 // checked before any C++ of the plugin is trusted.
-extern "C" struct SnowPluginDescriptor {
+struct SnowPluginDescriptor {
   uint32_t magic;
   uint32_t apiVersion;
   const char* abiSignature;
@@ -165,6 +166,11 @@ __attribute__((visibility("hidden"))) inline void registerLocalModules(ModuleReg
   }
 }
 
+template <typename Class>
+ModulePtr makeModule() {
+  return std::make_unique<Class>();
+}
+
 struct ModuleRegistrar {
   explicit ModuleRegistrar(ModuleRegistration* registration) noexcept {
     registration->next = gLocalRegistrations;
@@ -177,20 +183,23 @@ struct ModuleRegistrar {
 
 // The descriptor exists only in plugins (SNOW_BUILDING_PLUGIN is set by snow_add_plugin() in
 // CMake): dlsym() on a plugin also searches the libraries it depends on, so a copy in
-// libsnow-core would make a plugin without a descriptor look like it had one. It is an inline
-// variable, merged across the plugin's translation units.
+// libsnow-core would make a plugin without a descriptor look like it had one.
+// It is a weak definition, merged by the linker across the plugin's translation units. Not an
+// inline variable: g++ makes those STB_GNU_UNIQUE, which the dynamic linker unifies across the
+// whole process, RTLD_LOCAL or not, so every plugin would see the first plugin's descriptor.
 #ifdef SNOW_BUILDING_PLUGIN
-extern "C" {
-__attribute__((visibility("default"),
-               used)) inline const SnowPluginDescriptor snow_plugin_descriptor = {
+extern "C" __attribute__((weak, visibility("default"), used))
+const snow::SnowPluginDescriptor snow_plugin_descriptor = {
     snow::kPluginMagic, snow::kPluginApiVersion, SNOW_ABI_SIGNATURE,
     &snow::detail::registerLocalModules};
-}
 #endif
 
 // Registers `Class` (default-constructible, deriving from snow::Module) as module `name`.
-#define SNOW_MODULE(Class, name, version)                                                       \
-  static ::snow::detail::ModuleRegistration snowModuleRegistration_##Class{                     \
-      name, version, []() -> ::snow::ModulePtr { return std::make_unique<Class>(); }, nullptr}; \
-  static const ::snow::detail::ModuleRegistrar snowModuleRegistrar_##Class{                     \
-      &snowModuleRegistration_##Class};
+// The registration is constant-initialised (constinit: no code runs for it, nothing can throw);
+// the registrar only links it into the plugin's own list.
+#define SNOW_MODULE(Class, name, version)                                             \
+  static constinit ::snow::detail::ModuleRegistration snowModuleRegistration_##Class{ \
+      name, version, &::snow::detail::makeModule<Class>, nullptr};                    \
+  static const ::snow::detail::ModuleRegistrar snowModuleRegistrar_##Class {          \
+    &snowModuleRegistration_##Class                                                   \
+  }

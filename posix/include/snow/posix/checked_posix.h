@@ -15,7 +15,8 @@
 //   - for every call, the flow-control errnos of non-blocking I/O: EAGAIN/EWOULDBLOCK,
 //     EINPROGRESS, EINTR;
 //   - ECHILD from waitpid (the "no more children" of a WNOHANG reaping loop);
-//   - ESRCH from kill (the "no such process" of a kill(pid, 0) probe).
+//   - ESRCH from kill (the "no such process" of a kill(pid, 0) probe);
+//   - ENOENT from dlsym (the "no such symbol" of a plugin probe).
 //
 // Thread: as the inner layer. Ownership: owns the inner layer only when given a PosixPtr.
 

@@ -1,0 +1,113 @@
+#include "daemon_process.h"
+
+#include <csignal>
+#include <stdexcept>
+#include <system_error>
+
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
+#include "snow/posix/active.h"
+
+extern char** environ;
+
+namespace snow::testing {
+
+DaemonProcess::DaemonProcess(Dispatcher& loop, const std::vector<std::string>& args) : loop_(loop) {
+  auto& os = posix::active();
+  int fds[2];
+  if (auto r = os.pipe2(fds, O_CLOEXEC); !r.ok()) {
+    throw std::system_error(r.errnum, std::system_category(), "pipe2");
+  }
+  posix::FileDescriptor reader(fds[0]);
+  posix::FileDescriptor writer(fds[1]);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, writer.get(), STDOUT_FILENO);
+  posix_spawn_file_actions_adddup2(&actions, writer.get(), STDERR_FILENO);
+  std::vector<std::string> argv{SNOW_DAEMON};
+  argv.insert(argv.end(), args.begin(), args.end());
+  std::vector<char*> cargv;
+  for (auto& a : argv) {
+    cargv.push_back(a.data());
+  }
+  cargv.push_back(nullptr);
+  auto spawned = os.posixSpawn(SNOW_DAEMON, &actions, nullptr, cargv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (!spawned.ok()) {
+    throw std::system_error(spawned.errnum, std::system_category(), "posix_spawn " SNOW_DAEMON);
+  }
+  pid_ = spawned.value;
+  writer.reset();  // Only the child writes: EOF on the pipe means it exited.
+  os.fcntl(reader.get(), F_SETFL, O_NONBLOCK);
+  output_ = std::move(reader);
+  watch_ = loop_.createFileEvent(
+      output_.get(), [this](uint32_t) { readAvailable(); }, FileReady::kRead);
+}
+
+DaemonProcess::~DaemonProcess() {
+  watch_.reset();
+  if (pid_ > 0 && exitCode_ < 0) {
+    (void)posix::active().kill(pid_, SIGKILL);
+    int status = 0;
+    (void)posix::active().waitpid(pid_, &status, 0);
+  }
+}
+
+void DaemonProcess::readAvailable() {
+  char buffer[8192];
+  for (;;) {
+    auto r = posix::active().read(output_.get(), buffer, sizeof(buffer));
+    if (!r.ok()) {
+      return;  // EAGAIN.
+    }
+    if (r.value == 0) {
+      closed_ = true;
+      watch_.reset();
+      return;
+    }
+    log_.append(buffer, static_cast<size_t>(r.value));
+  }
+}
+
+size_t DaemonProcess::waitForLog(const std::string& text, size_t from,
+                                 std::chrono::milliseconds deadline) {
+  size_t found = std::string::npos;
+  loop_.runUntil(
+      [&] {
+        found = log_.find(text, std::min(from, log_.size()));
+        return found != std::string::npos || closed_;
+      },
+      deadline);
+  return found;
+}
+
+void DaemonProcess::signal(int sig) {
+  (void)posix::active().kill(pid_, sig);
+}
+
+int DaemonProcess::waitForExit(std::chrono::milliseconds deadline) {
+  if (exitCode_ >= 0) {
+    return exitCode_;
+  }
+  // The child closes its output when it exits: wait for that on the loop, then reap it.
+  if (!loop_.runUntil([&] { return closed_; }, deadline)) {
+    return -1;
+  }
+  int status = 0;
+  auto r = posix::active().waitpid(pid_, &status, 0);
+  if (!r.ok()) {
+    return -1;
+  }
+  exitCode_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return exitCode_;
+}
+
+std::pair<int, std::string> runDaemon(Dispatcher& loop, const std::vector<std::string>& args) {
+  DaemonProcess daemon(loop, args);
+  const int code = daemon.waitForExit();
+  return {code, daemon.log()};
+}
+
+}  // namespace snow::testing
