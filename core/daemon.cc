@@ -202,11 +202,13 @@ Future<void> Daemon::transaction(const config::Document& document) {
 }
 
 Future<void> Daemon::start() {
+  busy_ = true;  // A SIGHUP during start-up must not run a second transaction beside this one.
   return guarded([this] {
            config::Document document = readConfiguration();
            loadModules(document);
            return transaction(document);
          })
+      .finally([this] { busy_ = false; })
       .then([this] {
         return runInOrder("start", [this](size_t i) { return modules_[i].module->start(); });
       })
@@ -233,7 +235,8 @@ Future<void> Daemon::check() {
 
 Future<void> Daemon::reload() {
   if (busy_) {
-    return makeErrorFuture<void>(std::runtime_error("a reload is already running"));
+    return makeErrorFuture<void>(
+        std::runtime_error("a configuration transaction (start-up or reload) is already running"));
   }
   busy_ = true;
   context_.logger().info("reloading the configuration from {}", options_.configFile.empty()

@@ -74,7 +74,11 @@ void PluginLoader::load(const std::string& path) {
   std::string dlError;
   posix::Result<void*> opened;
   try {
-    opened = os_.dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL, &dlError);
+    // RTLD_NODELETE: once its static initialisers ran, a plugin stays mapped until the process
+    // exits, even when refused. libprotobuf's generated pool and its reflection data point into
+    // the plugin's memory; unmapping it would leave them dangling (and LeakSanitizer rightly
+    // reports the reflection objects as lost).
+    opened = os_.dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE, &dlError);
   } catch (const std::system_error&) {
     // A checked layer throws for a failed dlopen(); dlerror()'s text says more than its errno.
     throw PluginError(path, "cannot be loaded: " + (dlError.empty() ? "dlopen failed" : dlError));

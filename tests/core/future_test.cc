@@ -101,6 +101,13 @@ TEST_F(FutureTest, DroppedPromiseBreaks) {
   EXPECT_THROW((void)f.value(), BrokenPromise);
 }
 
+TEST_F(FutureTest, APromiseWhoseFutureWasNeverTakenDiesQuietly) {
+  testing::LogCapture log;
+  { Promise<int> unused; }
+  loop_->run(RunMode::NonBlock);
+  EXPECT_EQ(log.text(), "");
+}
+
 TEST_F(FutureTest, UnobservedRejectionIsLoggedWithItsLabel) {
   testing::LogCapture log;
   {

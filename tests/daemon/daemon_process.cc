@@ -14,7 +14,9 @@ extern char** environ;
 
 namespace snow::testing {
 
-DaemonProcess::DaemonProcess(Dispatcher& loop, const std::vector<std::string>& args) : loop_(loop) {
+DaemonProcess::DaemonProcess(Dispatcher& loop, const std::vector<std::string>& args,
+                             const std::vector<std::string>& extraEnvironment)
+    : loop_(loop) {
   auto& os = posix::active();
   int fds[2];
   if (auto r = os.pipe2(fds, O_CLOEXEC); !r.ok()) {
@@ -33,7 +35,16 @@ DaemonProcess::DaemonProcess(Dispatcher& loop, const std::vector<std::string>& a
     cargv.push_back(a.data());
   }
   cargv.push_back(nullptr);
-  auto spawned = os.posixSpawn(SNOW_DAEMON, &actions, nullptr, cargv.data(), environ);
+  std::vector<std::string> environment = extraEnvironment;
+  std::vector<char*> cenv;
+  for (auto& e : environment) {
+    cenv.push_back(e.data());
+  }
+  for (char** e = environ; *e != nullptr; ++e) {
+    cenv.push_back(*e);
+  }
+  cenv.push_back(nullptr);
+  auto spawned = os.posixSpawn(SNOW_DAEMON, &actions, nullptr, cargv.data(), cenv.data());
   posix_spawn_file_actions_destroy(&actions);
   if (!spawned.ok()) {
     throw std::system_error(spawned.errnum, std::system_category(), "posix_spawn " SNOW_DAEMON);

@@ -16,8 +16,10 @@ namespace snow::testing {
 
 class DaemonProcess {
  public:
-  // Starts SNOW_DAEMON with `args`. `loop` runs while waiting.
-  DaemonProcess(Dispatcher& loop, const std::vector<std::string>& args);
+  // Starts SNOW_DAEMON with `args`, and this process's environment plus `extraEnvironment`
+  // ("NAME=value" entries). `loop` runs while waiting.
+  DaemonProcess(Dispatcher& loop, const std::vector<std::string>& args,
+                const std::vector<std::string>& extraEnvironment = {});
   ~DaemonProcess();  // SIGKILLs and reaps it if still running.
   DaemonProcess(const DaemonProcess&) = delete;
   DaemonProcess& operator=(const DaemonProcess&) = delete;

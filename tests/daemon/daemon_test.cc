@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -14,6 +15,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "snow/core/dispatcher.h"
@@ -360,6 +362,73 @@ TEST_F(DaemonTest, AReloadWhoseApplyFailsChangesNothing) {
       << "the failed reload must not have used up generation 2:\n"
       << daemon.log();
   EXPECT_THAT(daemon.log().substr(mark), HasSubstr("apply generation 2 note=three"));
+  daemon.signal(SIGTERM);
+  EXPECT_EQ(daemon.waitForExit(), 0);
+}
+
+TEST_F(DaemonTest, AModuleThatDoesNotStopIsAbandonedAtTheDeadlineAndTheDaemonStillExits) {
+  addTestPlugin("alpha.so");
+  addTestPlugin("beta.so");
+  DaemonProcess daemon(*loop_, args(writeConfig("daemon:\n  stop_timeout: 300ms\n"
+                                                "modules:\n  alpha:\n    hang_stop: true\n")));
+  ASSERT_NE(daemon.waitForLog("ready: 2 modules started"), std::string::npos) << daemon.log();
+  daemon.signal(SIGTERM);
+  ASSERT_EQ(daemon.waitForExit(), 0) << daemon.log();
+  EXPECT_THAT(daemon.log(), HasSubstr("test module beta: stopped"));
+  EXPECT_THAT(daemon.log(),
+              ::testing::ContainsRegex("module alpha did not stop cleanly: stopping module 'alpha' "
+                                       "timed out after (29[0-9]|300) ms"));
+  EXPECT_THAT(daemon.log(), ::testing::Not(HasSubstr("unobserved"))) << "shutdown must be clean";
+}
+
+// ---- Readiness ---------------------------------------------------------------------------------
+
+TEST_F(DaemonTest, TellsSystemdItIsReadyOnlyAfterEveryModuleStarted) {
+  addTestPlugin("alpha.so");
+  addTestPlugin("beta.so");
+  // What systemd does for Type=notify: a datagram socket whose path is in NOTIFY_SOCKET.
+  const std::string socketPath = dir_ / "notify";
+  const int notify = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  ASSERT_GE(notify, 0);
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::strncpy(address.sun_path, socketPath.c_str(), sizeof(address.sun_path) - 1);
+  ASSERT_EQ(::bind(notify, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+  std::string message;
+  size_t logWhenNotified = 0;
+  DaemonProcess* running = nullptr;
+  FileEventPtr watch = loop_->createFileEvent(
+      notify,
+      [&](uint32_t) {
+        char buffer[256];
+        const ssize_t n = ::recv(notify, buffer, sizeof(buffer), 0);
+        if (n > 0) {
+          message.assign(buffer, static_cast<size_t>(n));
+          logWhenNotified = running->log().size();
+        }
+      },
+      FileReady::kRead);
+
+  DaemonProcess daemon(*loop_, args(writeConfig("modules: {}\n")), {"NOTIFY_SOCKET=" + socketPath});
+  running = &daemon;
+  ASSERT_TRUE(loop_->runUntil([&] { return !message.empty(); }, std::chrono::seconds(20)))
+      << daemon.log();
+  EXPECT_EQ(message, "READY=1");
+  // Everything logged before the notification: both modules had started by then.
+  const std::string before = daemon.log().substr(0, logWhenNotified);
+  EXPECT_THAT(before, HasSubstr("test module alpha: started"));
+  EXPECT_THAT(before, HasSubstr("test module beta: started"));
+  daemon.signal(SIGTERM);
+  EXPECT_EQ(daemon.waitForExit(), 0);
+  watch.reset();
+  ::close(notify);
+}
+
+TEST_F(DaemonTest, WithoutNotifySocketItStartsWithoutComplaint) {
+  addTestPlugin("alpha.so");
+  DaemonProcess daemon(*loop_, args(writeConfig("modules: {}\n")), {"NOTIFY_SOCKET="});
+  ASSERT_NE(daemon.waitForLog("ready: 1 module started"), std::string::npos) << daemon.log();
+  EXPECT_THAT(daemon.log(), ::testing::Not(HasSubstr("systemd")));
   daemon.signal(SIGTERM);
   EXPECT_EQ(daemon.waitForExit(), 0);
 }

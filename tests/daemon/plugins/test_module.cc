@@ -20,6 +20,9 @@ bool failApply(const Config&) {
 std::string note(const Config&) {
   return "";
 }
+bool hangStop(const Config&) {
+  return false;
+}
 }  // namespace
 #else
 #include "snow/test/v1/test_module.pb.h"
@@ -33,6 +36,9 @@ bool failApply(const Config& config) {
 }
 std::string note(const Config& config) {
   return config.note();
+}
+bool hangStop(const Config& config) {
+  return config.hang_stop();
 }
 }  // namespace
 #endif
@@ -54,6 +60,7 @@ class TestModule final : public snow::ConfiguredModule<Config> {
       return snow::makeErrorFuture<void>(std::runtime_error("told to fail apply"));
     }
     log("apply generation " + std::to_string(next.generation()) + " note=" + note(config));
+    hangStop_ = hangStop(config);
     return snow::makeReadyFuture();
   }
 
@@ -63,11 +70,18 @@ class TestModule final : public snow::ConfiguredModule<Config> {
   }
 
   snow::Future<void> stop() override {
+    if (hangStop_) {
+      log("stop hangs");
+      return never_.future();  // Kept, so it never breaks either: only the deadline ends it.
+    }
     log("stopped");
     return snow::makeReadyFuture();
   }
 
  private:
+  bool hangStop_ = false;
+  snow::Promise<void> never_{snow::StaticContext::instance().loop()};
+
   static void log(const std::string& what) {
     snow::StaticContext::instance().logger().info("test module {}: {}", TEST_MODULE_NAME, what);
   }

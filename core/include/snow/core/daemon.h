@@ -84,7 +84,7 @@ class Daemon {
   std::vector<Loaded> modules_;  // Declared after loader_: destroyed before the plugins unload.
   Duration stopTimeout_;
   bool started_ = false;
-  bool busy_ = false;  // A transaction is running: a second reload waits for none, it is refused.
+  bool busy_ = false;  // A transaction is running: another reload is refused, not queued.
 };
 
 // Sends `state` (e.g. "READY=1") to systemd when NOTIFY_SOCKET is set; returns false when it is

@@ -375,6 +375,9 @@ class Promise {
   }
 
   void abandon() noexcept {
+    if (state_ && !done_ && !futureTaken_) {
+      return;  // Nobody holds the future: no one to tell, nothing to log. The state just goes.
+    }
     if (state_ && !done_) {
       try {
         setError(std::make_exception_ptr(BrokenPromise()));

@@ -6,7 +6,8 @@
 //   1. the file and its directory are regular, owned by root or by the daemon's user, and not
 //      group- or world-writable (someone else could otherwise swap the code the daemon runs);
 //   2. it starts with an ELF header (else: "not a shared object");
-//   3. dlopen(RTLD_NOW | RTLD_LOCAL) succeeds (unresolved symbols are found now, not later);
+//   3. dlopen(RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE) succeeds (unresolved symbols are found now,
+//      not later; a plugin whose code ran once is never unmapped, see plugin_loader.cc);
 //   4. it exports snow_plugin_descriptor (module.h) with the right magic, the plugin API version
 //      and the ABI signature of this snow-core (compiler, standard library ABI, version);
 //   5. its modules register without clashing with a module already registered.
@@ -16,7 +17,8 @@
 // SNOW_MODULE keeps to linking pointers inside the plugin.
 //
 // Thread: loop thread. Ownership: the loader keeps every loaded plugin open until it is
-// destroyed, which must happen after every module made from them is destroyed.
+// destroyed, which must happen after every module made from them is destroyed; even then the
+// plugins stay mapped (RTLD_NODELETE) until the process exits.
 
 #include <stdexcept>
 #include <string>
