@@ -64,33 +64,28 @@ void runUntilZero(snow::Dispatcher& loop, const int& remaining, benchmark::State
   (void)state;
 }
 
-void dispatcherSchedule(benchmark::State& state) {
+// A burst of `batch` callbacks handed to the loop through `enqueue` (schedule or post).
+void dispatcherBurst(benchmark::State& state, void (snow::Dispatcher::*enqueue)(snow::Callback)) {
   const auto batch = static_cast<int>(state.range(0));
   auto loop = snow::makeDispatcher("bench");
   int remaining = 0;
   for (auto _ : state) {
     remaining = batch;
     for (int i = 0; i < batch; ++i) {
-      loop->schedule([&remaining] { --remaining; });
+      ((*loop).*enqueue)([&remaining] { --remaining; });
     }
     runUntilZero(*loop, remaining, state);
   }
   state.SetItemsProcessed(state.iterations() * batch);
 }
+
+void dispatcherSchedule(benchmark::State& state) {
+  dispatcherBurst(state, &snow::Dispatcher::schedule);
+}
 BENCHMARK(dispatcherSchedule)->Apply(bursts);
 
 void dispatcherPost(benchmark::State& state) {
-  const auto batch = static_cast<int>(state.range(0));
-  auto loop = snow::makeDispatcher("bench");
-  int remaining = 0;
-  for (auto _ : state) {
-    remaining = batch;
-    for (int i = 0; i < batch; ++i) {
-      loop->post([&remaining] { --remaining; });
-    }
-    runUntilZero(*loop, remaining, state);
-  }
-  state.SetItemsProcessed(state.iterations() * batch);
+  dispatcherBurst(state, &snow::Dispatcher::post);
 }
 BENCHMARK(dispatcherPost)->Apply(bursts);
 
