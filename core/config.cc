@@ -125,6 +125,22 @@ posix::Result<T> errnoOf(Call&& call) {
   }
 }
 
+// Parses `text` as an integer of type T and stores it through `set`, or `add` for an element
+// of a repeated field; false when it is not a T (malformed or out of range).
+template <typename T>
+bool storeInteger(const std::string& text, pb::Message& out, const pb::FieldDescriptor& field,
+                  bool repeated,
+                  void (pb::Reflection::*set)(pb::Message*, const pb::FieldDescriptor*, T) const,
+                  void (pb::Reflection::*add)(pb::Message*, const pb::FieldDescriptor*, T) const) {
+  T value{};
+  if (!parseInteger(text, value)) {
+    return false;
+  }
+  const pb::Reflection& reflection = *out.GetReflection();
+  (reflection.*(repeated ? add : set))(&out, &field, value);
+  return true;
+}
+
 // Walks YAML against a message descriptor, collecting every problem.
 class Decoder {
  public:
@@ -275,38 +291,30 @@ class Decoder {
       problem(value, path, fmt::format("'{}' is not {}", text, what));
     };
     switch (field.cpp_type()) {
-      case pb::FieldDescriptor::CPPTYPE_INT32: {
-        int32_t v = 0;
-        if (!parseInteger(text, v)) {
+      case pb::FieldDescriptor::CPPTYPE_INT32:
+        if (!storeInteger<int32_t>(text, out, field, repeated, &pb::Reflection::SetInt32,
+                                   &pb::Reflection::AddInt32)) {
           return bad("a 32-bit integer");
         }
-        repeated ? r.AddInt32(&out, &field, v) : r.SetInt32(&out, &field, v);
         break;
-      }
-      case pb::FieldDescriptor::CPPTYPE_INT64: {
-        int64_t v = 0;
-        if (!parseInteger(text, v)) {
+      case pb::FieldDescriptor::CPPTYPE_INT64:
+        if (!storeInteger<int64_t>(text, out, field, repeated, &pb::Reflection::SetInt64,
+                                   &pb::Reflection::AddInt64)) {
           return bad("a 64-bit integer");
         }
-        repeated ? r.AddInt64(&out, &field, v) : r.SetInt64(&out, &field, v);
         break;
-      }
-      case pb::FieldDescriptor::CPPTYPE_UINT32: {
-        uint32_t v = 0;
-        if (!parseInteger(text, v)) {
+      case pb::FieldDescriptor::CPPTYPE_UINT32:
+        if (!storeInteger<uint32_t>(text, out, field, repeated, &pb::Reflection::SetUInt32,
+                                    &pb::Reflection::AddUInt32)) {
           return bad("an unsigned 32-bit integer");
         }
-        repeated ? r.AddUInt32(&out, &field, v) : r.SetUInt32(&out, &field, v);
         break;
-      }
-      case pb::FieldDescriptor::CPPTYPE_UINT64: {
-        uint64_t v = 0;
-        if (!parseInteger(text, v)) {
+      case pb::FieldDescriptor::CPPTYPE_UINT64:
+        if (!storeInteger<uint64_t>(text, out, field, repeated, &pb::Reflection::SetUInt64,
+                                    &pb::Reflection::AddUInt64)) {
           return bad("an unsigned 64-bit integer");
         }
-        repeated ? r.AddUInt64(&out, &field, v) : r.SetUInt64(&out, &field, v);
         break;
-      }
       case pb::FieldDescriptor::CPPTYPE_DOUBLE:
       case pb::FieldDescriptor::CPPTYPE_FLOAT: {
         double v = 0;
