@@ -11,6 +11,9 @@ find_package(spdlog REQUIRED)
 find_package(Protobuf REQUIRED)
 find_package(yaml-cpp REQUIRED)
 find_package(CLI11 REQUIRED)
+# gRPC's own CMake package (Debian ships it); grpc_cpp_plugin only for the plain-gRPC benchmark.
+find_package(gRPC CONFIG REQUIRED)
+find_program(SNOW_GRPC_CPP_PLUGIN grpc_cpp_plugin)
 
 if(SNOW_BUILD_TESTS)
   find_package(GTest REQUIRED)

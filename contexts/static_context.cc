@@ -67,4 +67,11 @@ uint64_t StaticContext::randomOrigin(posix::Posix& os) {
   return origin;
 }
 
+rpc::Node& StaticContext::node() const {
+  if (node_ == nullptr) {
+    throw std::logic_error("this context has no RPC node (it is not run by a daemon)");
+  }
+  return *node_;
+}
+
 }  // namespace snow

@@ -10,6 +10,8 @@
 
 #include "snow/core/v1/daemon.pb.h"
 #include "snow/posix/file_descriptor.h"
+#include "snow/rpc/node.h"
+#include "snow/rpc/v1/config.pb.h"
 
 namespace snow {
 
@@ -61,6 +63,8 @@ Daemon::~Daemon() {
   // Everything made by plugin code goes before the loader unloads the plugins: the modules, and
   // the registry, whose factories' destructors are plugin code too.
   modules_.clear();
+  context_.setNode(nullptr);
+  node_.reset();
   registry_.clear();
 }
 
@@ -74,9 +78,9 @@ config::Document Daemon::readConfiguration() const {
 core::v1::DaemonConfig Daemon::decodeDaemonSection(const config::Document& document) const {
   std::vector<std::string> problems;
   for (const auto& section : document.keys("")) {
-    if (section != "daemon" && section != "modules") {
+    if (section != "daemon" && section != "modules" && section != "rpc") {
       problems.push_back(fmt::format(
-          "{}: {}: unknown section{}; the sections are 'daemon' and "
+          "{}: {}: unknown section{}; the sections are 'daemon', 'rpc' and "
           "'modules'",
           document.sourceName(), section,
           section.size() > 3 && (section.starts_with("dae") || section.starts_with("dea"))
@@ -94,6 +98,29 @@ core::v1::DaemonConfig Daemon::decodeDaemonSection(const config::Document& docum
     throw config::ConfigError(std::move(problems));
   }
   return daemon;
+}
+
+rpc::v1::RpcConfig Daemon::decodeRpcSection(const config::Document& document) const {
+  rpc::v1::RpcConfig config;
+  document.decode("rpc", config);
+  return config;
+}
+
+void Daemon::startNode(const config::Document& document) {
+  const rpc::v1::RpcConfig config = decodeRpcSection(document);
+  rpc::Node::Hooks hooks;
+  hooks.modules = [this] {
+    std::vector<rpc::Node::Hooks::Module> out;
+    for (const auto& m : modules_) {
+      out.push_back({m.info->name, m.info->version, m.info->origin});
+    }
+    return out;
+  };
+  hooks.reload = [this] { return reload(); };
+  hooks.configSource = options_.configFile.empty() ? "built-in" : options_.configFile;
+  node_ = std::make_unique<rpc::Node>(context_, config, std::move(hooks));
+  node_->start();
+  context_.setNode(node_.get());
 }
 
 void Daemon::loadModules(const config::Document& document) {
@@ -206,6 +233,7 @@ Future<void> Daemon::start() {
   return guarded([this] {
            config::Document document = readConfiguration();
            loadModules(document);
+           startNode(document);
            return transaction(document);
          })
       .finally([this] { busy_ = false; })
@@ -228,6 +256,7 @@ Future<void> Daemon::check() {
   return guarded([this] {
     config::Document document = readConfiguration();
     loadModules(document);
+    (void)decodeRpcSection(document);
     auto configs = std::make_shared<Configs>(decodeSections(document));
     return verifyAll(*configs).finally([configs] {});
   });
@@ -247,6 +276,7 @@ Future<void> Daemon::reload() {
            // The daemon section is checked like the modules' (a reload with a broken one is
            // refused); stop_timeout takes effect, plugin_errors only at the next start.
            const core::v1::DaemonConfig daemon = decodeDaemonSection(document);
+           (void)decodeRpcSection(document);  // Checked; takes effect at the next start.
            return transaction(document).then([this, daemon] {
              stopTimeout_ = toDuration(daemon.stop_timeout(), kDefaultStopTimeout);
            });
@@ -255,6 +285,17 @@ Future<void> Daemon::reload() {
 }
 
 Future<void> Daemon::stop() {
+  return stopModules().then([this] {
+    if (!node_) {
+      return makeReadyFuture();
+    }
+    return node_->stop().recover([this](const std::exception_ptr& error) {
+      context_.logger().error("RPC did not stop cleanly: {}", describe(error));
+    });
+  });
+}
+
+Future<void> Daemon::stopModules() {
   if (!started_) {
     return makeReadyFuture();
   }

@@ -95,14 +95,15 @@ EventType EventType::of(std::string_view name) {
 
 // ---- Event -------------------------------------------------------------------------------------
 
-Event::Event(EventTree& tree, EventId id, EventType type, MessagePtr payload, EventPtr parent)
+Event::Event(EventTree& tree, EventId id, EventType type, MessagePtr payload, EventPtr parent,
+             const opentracing::SpanContext* spanParent)
     : tree_(&tree),
       id_(id),
       type_(type),
       payload_(std::move(payload)),
       parent_(std::move(parent)),
       promise_(tree.loop()) {
-  const opentracing::SpanContext* parentContext = parent_ ? &parent_->span_->context() : nullptr;
+  const opentracing::SpanContext* parentContext = parent_ ? &parent_->span_->context() : spanParent;
   const std::string_view name = type_.name();
   span_ = tree.tracer().StartSpan(opentracing::string_view(name.data(), name.size()),
                                   {opentracing::ChildOf(parentContext)});
@@ -123,6 +124,9 @@ std::string Event::path() const {
     chain.push_back(e);
   }
   std::string out;
+  if (chain.back()->remoteParent_.valid()) {
+    out = fmt::format("remote({})", chain.back()->remoteParent_.toString());
+  }
   for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
     if (!out.empty()) {
       out += " > ";
@@ -194,11 +198,26 @@ Future<MessagePtr> EventTree::raise(EventType type, MessagePtr payload) {
   return raiseChild(type, std::move(payload), nullptr);
 }
 
+Future<MessagePtr> EventTree::raiseRemote(const RemoteOrigin& origin, EventType type,
+                                          MessagePtr payload) {
+  auto event = std::allocate_shared<Event>(detail::RecyclingAllocator<Event>(), *this, origin.id,
+                                           type, std::move(payload), nullptr, origin.spanParent);
+  event->remoteParent_ = origin.parent;
+  event->redelivered_ = origin.redelivered;
+  if (tagSpans_ && origin.parent.valid()) {
+    event->span_->SetTag("snow.event.remote_parent", origin.parent.toString());
+  }
+  return enqueue(std::move(event));
+}
+
 Future<MessagePtr> EventTree::raiseChild(EventType type, MessagePtr payload, EventPtr parent) {
-  Event* parentRaw = parent.get();
-  auto event = std::allocate_shared<Event>(detail::RecyclingAllocator<Event>(), *this,
-                                           EventId{origin_, nextSequence_++}, type,
-                                           std::move(payload), std::move(parent));
+  return enqueue(std::allocate_shared<Event>(detail::RecyclingAllocator<Event>(), *this,
+                                             EventId{origin_, nextSequence_++}, type,
+                                             std::move(payload), std::move(parent)));
+}
+
+Future<MessagePtr> EventTree::enqueue(EventPtr event) {
+  Event* parentRaw = event->parent_.get();
   Future<MessagePtr> result = event->promise_.future();
   // A raw pointer is enough: the hook can only run while the promise is pending, and the event
   // settles its promise (clearing the hook) before it can be destroyed.
@@ -207,8 +226,40 @@ Future<MessagePtr> EventTree::raiseChild(EventType type, MessagePtr payload, Eve
     parentRaw->children_.push_back(event.get());
   }
   ++live_;
+  if (!observers_.empty()) {
+    notify(*event, EventPhase::Raised, nullptr);
+  }
   loop_->schedule([this, event = std::move(event)] { dispatch(event); });
   return result;
+}
+
+EventTree::Observation& EventTree::Observation::operator=(Observation&& other) noexcept {
+  if (this != &other) {
+    reset();
+    tree_ = std::exchange(other.tree_, nullptr);
+    id_ = other.id_;
+  }
+  return *this;
+}
+
+void EventTree::Observation::reset() noexcept {
+  if (tree_ != nullptr) {
+    std::erase_if(tree_->observers_, [this](const auto& entry) { return entry.first == id_; });
+    tree_ = nullptr;
+  }
+}
+
+EventTree::Observation EventTree::observe(Observer observer) {
+  const uint64_t id = nextObserver_++;
+  observers_.emplace_back(id, std::move(observer));
+  return Observation(*this, id);
+}
+
+void EventTree::notify(const Event& event, EventPhase phase, const std::exception_ptr* error) {
+  // By index: an observer may stop observing (erasing itself) while it runs.
+  for (size_t i = 0; i < observers_.size(); ++i) {
+    observers_[i].second(event, phase, error);
+  }
 }
 
 void EventTree::dispatch(const EventPtr& event) {
@@ -249,6 +300,9 @@ void EventTree::settle(Event& event, const Future<MessagePtr>& outcome) {
     settleError(event, outcome.error());
     return;
   }
+  if (!observers_.empty()) {
+    notify(event, EventPhase::Succeeded, nullptr);
+  }
   event.promise_.setValue(outcome.value());
   finish(event);
 }
@@ -260,6 +314,9 @@ void EventTree::settleError(Event& event, std::exception_ptr error) {
   if (tagSpans_) {
     event.span_->SetTag("error", true);
     event.span_->Log({{"event", "error"}, {"message", describe(error)}});
+  }
+  if (!observers_.empty()) {
+    notify(event, EventPhase::Failed, &error);
   }
   event.promise_.setLabel("event " + event.path());
   event.promise_.setError(std::move(error));

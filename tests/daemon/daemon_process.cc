@@ -1,10 +1,13 @@
 #include "daemon_process.h"
 
+#include <algorithm>
 #include <csignal>
+#include <cstring>
 #include <stdexcept>
 #include <system_error>
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <spawn.h>
 #include <sys/wait.h>
 
@@ -36,6 +39,21 @@ DaemonProcess::DaemonProcess(Dispatcher& loop, const std::vector<std::string>& a
   }
   cargv.push_back(nullptr);
   std::vector<std::string> environment = extraEnvironment;
+  // Every daemon gets its own control socket unless the test chose one, so that tests run side
+  // by side (and beside a real daemon on this machine).
+  const bool chosen = std::any_of(environment.begin(), environment.end(),
+                                  [](const auto& e) { return e.starts_with("SNOW_RPC_SOCKET="); });
+  if (chosen) {
+    for (const auto& e : environment) {
+      if (e.starts_with("SNOW_RPC_SOCKET=")) {
+        socketPath_ = e.substr(std::strlen("SNOW_RPC_SOCKET="));
+      }
+    }
+  } else {
+    static int counter = 0;
+    socketPath_ = fmt::format("/tmp/snow-test-{}-{}/rpc.sock", os.getpid().value, ++counter);
+    environment.push_back("SNOW_RPC_SOCKET=" + socketPath_);
+  }
   std::vector<char*> cenv;
   for (auto& e : environment) {
     cenv.push_back(e.data());

@@ -26,6 +26,10 @@ class DaemonProcess {
 
   [[nodiscard]] pid_t pid() const noexcept { return pid_; }
   [[nodiscard]] const std::string& log() const noexcept { return log_; }
+  // Its control socket (SNOW_RPC_SOCKET: chosen by the test, or a fresh one under /tmp), and
+  // the same as a snowctl --node address.
+  [[nodiscard]] const std::string& socketPath() const noexcept { return socketPath_; }
+  [[nodiscard]] std::string node() const { return "unix:" + socketPath_; }
 
   // Waits until the log contains `text` (after byte `from`); returns its offset, or npos at the
   // deadline or when the process closed its output first.
@@ -46,6 +50,7 @@ class DaemonProcess {
   posix::FileDescriptor output_;
   FileEventPtr watch_;
   std::string log_;
+  std::string socketPath_;
   bool closed_ = false;
   int exitCode_ = -1;
 };

@@ -27,6 +27,9 @@
 #include "snow/posix/posix.h"
 
 namespace snow {
+namespace rpc {
+class Node;
+}  // namespace rpc
 
 class StaticContext {
  public:
@@ -63,6 +66,13 @@ class StaticContext {
   // previous one keep it alive until they finish (see dynamic_context.h).
   DynamicContextPtr install(DynamicContextPtr next);
 
+  // The node's RPC layer (rpc/node.h: services, client, dispatch to other nodes), set by the
+  // daemon once it serves. Throws std::logic_error when there is none (no daemon, as in tests
+  // that make a bare context).
+  [[nodiscard]] rpc::Node& node() const;
+  [[nodiscard]] bool hasNode() const noexcept { return node_ != nullptr; }
+  void setNode(rpc::Node* node) noexcept { node_ = node; }
+
  private:
   static uint64_t randomOrigin(posix::Posix& os);
 
@@ -72,6 +82,7 @@ class StaticContext {
   DispatcherPtr loop_;
   std::unique_ptr<EventTree> events_;
   DynamicContextPtr current_;
+  rpc::Node* node_ = nullptr;
 };
 
 }  // namespace snow

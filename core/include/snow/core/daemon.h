@@ -8,7 +8,12 @@
 // reload(): read the configuration again and run the transaction; the current generation keeps
 //           serving until the new one is installed, and stays when the transaction fails.
 // check():  what start() does up to and including every module's verify(), changing nothing.
-// stop():   stop the modules in reverse load order within the configured stop timeout.
+// stop():   stop the modules in reverse load order within the configured stop timeout, then
+//           stop serving RPC.
+//
+// The RPC node (rpc/node.h) starts serving after the plugins loaded and before the transaction,
+// so that modules can add services and reach peers from apply() and start() on. Like `daemon:`,
+// the `rpc:` section is read at start-up only.
 //
 // The transaction (module.h): decode every module's section (all problems reported at once) ->
 // every module verify()s, concurrently -> every module apply()s into the next generation, in
@@ -34,6 +39,12 @@ namespace snow {
 namespace core::v1 {
 class DaemonConfig;
 }  // namespace core::v1
+namespace rpc {
+class Node;
+namespace v1 {
+class RpcConfig;
+}  // namespace v1
+}  // namespace rpc
 
 struct DaemonOptions {
   std::string modulesDirectory;  // Empty: no plugins.
@@ -69,6 +80,11 @@ class Daemon {
   config::Document readConfiguration() const;
   // The `daemon:` section, and a check that no other top-level section but `modules:` exists.
   [[nodiscard]] core::v1::DaemonConfig decodeDaemonSection(const config::Document& document) const;
+  // The `rpc:` section (rpc/proto/snow/rpc/v1/config.proto).
+  [[nodiscard]] rpc::v1::RpcConfig decodeRpcSection(const config::Document& document) const;
+  // Makes the RPC node from the `rpc:` section and starts serving.
+  void startNode(const config::Document& document);
+  Future<void> stopModules();
   void loadModules(const config::Document& document);
   Configs decodeSections(const config::Document& document) const;
   Future<void> verifyAll(const Configs& configs);
@@ -82,6 +98,7 @@ class Daemon {
   ModuleRegistry registry_;
   PluginLoader loader_;
   std::vector<Loaded> modules_;  // Declared after loader_: destroyed before the plugins unload.
+  std::unique_ptr<rpc::Node> node_;
   Duration stopTimeout_;
   bool started_ = false;
   bool busy_ = false;  // A transaction is running: another reload is refused, not queued.

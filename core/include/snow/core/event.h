@@ -84,7 +84,8 @@ using EventPtr = std::shared_ptr<Event>;
 
 class Event : public std::enable_shared_from_this<Event> {
  public:
-  Event(EventTree& tree, EventId id, EventType type, MessagePtr payload, EventPtr parent);
+  Event(EventTree& tree, EventId id, EventType type, MessagePtr payload, EventPtr parent,
+        const opentracing::SpanContext* spanParent = nullptr);
   ~Event();
   Event(const Event&) = delete;
   Event& operator=(const Event&) = delete;
@@ -98,6 +99,13 @@ class Event : public std::enable_shared_from_this<Event> {
     return dynamic_cast<const M*>(payload_.get());
   }
   [[nodiscard]] const EventPtr& parent() const noexcept { return parent_; }
+  // The parent on another node, for an event raised there and dispatched here (rpc); invalid
+  // otherwise.
+  [[nodiscard]] const EventId& remoteParent() const noexcept { return remoteParent_; }
+  // True when an earlier delivery of this event may have run its handler already (the node
+  // restarted while handling it; docs/rpc.md). Handlers with effects outside the node check
+  // their own records before repeating them.
+  [[nodiscard]] bool redelivered() const noexcept { return redelivered_; }
   [[nodiscard]] const opentracing::Span& span() const noexcept { return *span_; }
   [[nodiscard]] EventTree& tree() const noexcept { return *tree_; }
   [[nodiscard]] bool settled() const noexcept { return settled_; }
@@ -121,6 +129,8 @@ class Event : public std::enable_shared_from_this<Event> {
   EventType type_;
   MessagePtr payload_;
   EventPtr parent_;
+  EventId remoteParent_;
+  bool redelivered_ = false;
   std::unique_ptr<opentracing::Span> span_;
   Promise<MessagePtr> promise_;
   Future<void> handling_;         // The handler's future, while it is pending.
@@ -129,9 +139,43 @@ class Event : public std::enable_shared_from_this<Event> {
   bool cancelled_ = false;
 };
 
+// What an observer of the tree is told (EventTree::observe).
+enum class EventPhase { Raised, Succeeded, Failed };
+
+// An event raised on behalf of another node (rpc): it keeps the sender's id, so that a retried
+// delivery is recognised, and links to the sender's event and span.
+struct RemoteOrigin {
+  EventId id;
+  EventId parent;
+  const opentracing::SpanContext* spanParent = nullptr;  // Only read during raiseRemote().
+  bool redelivered = false;
+};
+
 class EventTree {
  public:
   using Handler = UniqueFunction<Future<MessagePtr>(const EventPtr&)>;
+  // Told of every event raised and settled. `error` is set for Failed. Must not raise events
+  // or throw; runs inside the tree's bookkeeping.
+  using Observer =
+      UniqueFunction<void(const Event& event, EventPhase phase, const std::exception_ptr* error)>;
+
+  // Stops its observer when destroyed. Must not outlive the tree.
+  class Observation {
+   public:
+    Observation() = default;
+    Observation(EventTree& tree, uint64_t id) : tree_(&tree), id_(id) {}
+    Observation(Observation&& other) noexcept
+        : tree_(std::exchange(other.tree_, nullptr)), id_(other.id_) {}
+    Observation& operator=(Observation&& other) noexcept;
+    Observation(const Observation&) = delete;
+    Observation& operator=(const Observation&) = delete;
+    ~Observation() { reset(); }
+    void reset() noexcept;
+
+   private:
+    EventTree* tree_ = nullptr;
+    uint64_t id_ = 0;
+  };
 
   // Unregisters its handler when destroyed. Must not outlive the tree.
   class Registration {
@@ -162,6 +206,13 @@ class EventTree {
 
   // Raises a root event. The handler runs on a later loop pass, never inline.
   Future<MessagePtr> raise(EventType type, MessagePtr payload = nullptr);
+  // Raises a root event with another node's id and parent (see RemoteOrigin).
+  Future<MessagePtr> raiseRemote(const RemoteOrigin& origin, EventType type,
+                                 MessagePtr payload = nullptr);
+  // Mints the id the next local event would get, for an event raised on another node.
+  EventId mintId() noexcept { return EventId{origin_, nextSequence_++}; }
+
+  [[nodiscard]] Observation observe(Observer observer);
 
   [[nodiscard]] Dispatcher& loop() const noexcept { return *loop_; }
   [[nodiscard]] opentracing::Tracer& tracer() const noexcept { return *tracer_; }
@@ -177,6 +228,8 @@ class EventTree {
   friend class Event;
 
   Future<MessagePtr> raiseChild(EventType type, MessagePtr payload, EventPtr parent);
+  Future<MessagePtr> enqueue(EventPtr event);
+  void notify(const Event& event, EventPhase phase, const std::exception_ptr* error);
   void dispatch(const EventPtr& event);
   void settle(Event& event, const Future<MessagePtr>& outcome);
   void settleError(Event& event, std::exception_ptr error);
@@ -189,6 +242,8 @@ class EventTree {
   uint64_t nextSequence_ = 1;
   size_t live_ = 0;
   std::vector<Handler> handlers_;  // Indexed by EventType::index().
+  std::vector<std::pair<uint64_t, Observer>> observers_;
+  uint64_t nextObserver_ = 1;
 };
 
 }  // namespace snow

@@ -50,6 +50,21 @@ class CheckedPosix final : public Posix {
   Posix* inner_;
 };
 
+// Runs `call` (a call on a Posix layer, checked or not) and returns its Result either way: a
+// std::system_error thrown by CheckedPosix comes back as the Result's errnum. For callers that
+// expect and handle a particular errno (EEXIST from mkdir, ENOENT from open, ECONNREFUSED from a
+// probing connect) without making the whole stack unchecked.
+template <typename F>
+auto tolerant(F&& call) -> decltype(call()) {
+  try {
+    return call();
+  } catch (const std::system_error& e) {
+    decltype(call()) failed{};
+    failed.errnum = e.code().value();
+    return failed;
+  }
+}
+
 // A method of Posix missing from posix_methods.inc would leave this class abstract.
 static_assert(!std::is_abstract_v<CheckedPosix>, "posix_methods.inc is missing a method");
 

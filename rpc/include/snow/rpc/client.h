@@ -1,0 +1,133 @@
+#pragma once
+
+// The RPC client: every call returns a Future, has a deadline and never blocks the loop.
+//
+// Peers are addressed as "unix:/path/to/rpc.sock" or "host:port" (TLS when ClientOptions::tls is
+// set). The client keeps one pool of channels per peer (poolSize connections, calls spread over
+// them round-robin) for as long as it lives; gRPC reconnects a broken channel with the backoff
+// policy's numbers.
+//
+// A failed attempt is retried, with jittered exponential backoff, only when its code is
+// retryable (status.h: UNAVAILABLE) and the call is idempotent, and only while the deadline
+// leaves time for it. Every call ends by its deadline: the future then rejects with RpcError
+// DEADLINE_EXCEEDED, naming method, peer and the last attempt's error.
+//
+// Health: monitor(peer) pings the peer every HealthOptions::interval; after `failures` failed
+// pings it is DOWN, after one good ping UP, and every change is reported to the onHealth
+// callback (the daemon raises it as an event, so a peer going down is visible in
+// `snowctl events` before a call needs that peer).
+//
+// Contract:
+//   - Thread: construct, call and destroy on the loop thread; futures settle on it.
+//   - Ownership: the client owns its completion-queue thread and channels. Destroying it cancels
+//     the calls in flight (their futures reject with CANCELLED).
+//   - Errors: calls reject with RpcError; a malformed address rejects with INVALID_ARGUMENT.
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <opentracing/span.h>
+#include <opentracing/tracer.h>
+
+#include "snow/core/dispatcher.h"
+#include "snow/core/event.h"
+#include "snow/core/function.h"
+#include "snow/core/future.h"
+#include "snow/rpc/backoff.h"
+#include "snow/rpc/server.h"
+#include "snow/rpc/status.h"
+
+namespace snow::rpc {
+
+struct HealthOptions {
+  Duration interval = std::chrono::seconds(5);
+  Duration timeout = std::chrono::seconds(2);
+  uint32_t failures = 2;
+};
+
+struct ClientOptions {
+  BackoffPolicy backoff;
+  HealthOptions health;
+  Duration defaultTimeout = std::chrono::seconds(10);
+  uint32_t poolSize = 2;
+  std::optional<TlsFiles> tls;  // For "host:port" peers; unix sockets never use TLS.
+  int maxMessageBytes = 4 << 20;
+  // Injects the caller's span context into each call's metadata. Null: the noop tracer.
+  std::shared_ptr<opentracing::Tracer> tracer;
+  uint64_t seed = 0;  // Backoff jitter; 0: drawn from the OS.
+};
+
+struct CallOptions {
+  Duration timeout{0};  // 0: ClientOptions::defaultTimeout.
+  // Safe to send again after an UNAVAILABLE attempt? Set false for calls that must not repeat.
+  bool idempotent = true;
+  // The span this call is a child of; defaults to the current event's span (if any).
+  const opentracing::SpanContext* traceParent = nullptr;
+  std::vector<std::pair<std::string, std::string>> metadata;
+};
+
+enum class Health { Unknown, Up, Down };
+std::string_view healthName(Health health) noexcept;
+
+struct PeerHealth {
+  std::string address;
+  Health health = Health::Unknown;
+  std::chrono::system_clock::time_point since{};
+  std::string lastError;
+  Duration roundTrip{0};
+};
+
+class Client {
+ public:
+  using HealthCallback = UniqueFunction<void(const PeerHealth&)>;
+
+  Client(Dispatcher& loop, ClientOptions options);
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  // Calls `method` ("/package.Service/Method") on `peer`; the reply is parsed as a message of
+  // `replyPrototype`'s type.
+  Future<MessagePtr> call(std::string_view peer, std::string_view method,
+                          const google::protobuf::Message& request,
+                          const google::protobuf::Message& replyPrototype,
+                          CallOptions options = {});
+
+  template <typename Resp>
+  Future<std::shared_ptr<const Resp>> call(std::string_view peer, std::string_view method,
+                                           const google::protobuf::Message& request,
+                                           CallOptions options = {}) {
+    return call(peer, method, request, Resp::default_instance(), std::move(options))
+        .then([](MessagePtr reply) { return std::static_pointer_cast<const Resp>(reply); });
+  }
+
+  // A server-streaming call: `onMessage` runs for every message received (on the loop); the
+  // future resolves when the server ends the stream with OK and rejects otherwise. Cancel the
+  // future to end the stream. Not retried. CallOptions::timeout is the stream's whole deadline;
+  // 0 here means none (a watch runs until cancelled).
+  Future<void> stream(std::string_view peer, std::string_view method,
+                      const google::protobuf::Message& request,
+                      const google::protobuf::Message& replyPrototype,
+                      UniqueFunction<void(MessagePtr)> onMessage, CallOptions options = {});
+
+  // Starts health checks of `peer` (idempotent); changes go to the health callback.
+  void monitor(std::string_view peer);
+  void onHealth(HealthCallback callback);
+  // Every monitored peer's state, in the order monitor() was first called.
+  [[nodiscard]] std::vector<PeerHealth> health() const;
+
+  [[nodiscard]] const ClientOptions& options() const noexcept;
+
+  class Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace snow::rpc

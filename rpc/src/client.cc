@@ -1,0 +1,628 @@
+#include "snow/rpc/client.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <map>
+#include <unordered_set>
+
+#include <fmt/format.h>
+#include <grpcpp/channel.h>
+#include <grpcpp/client_context.h>
+#include <grpcpp/create_channel.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/security/credentials.h>
+#include <grpcpp/support/channel_arguments.h>
+#include <opentracing/propagation.h>
+#include <spdlog/spdlog.h>
+
+#include "snow/core/tracing.h"
+#include "snow/posix/active.h"
+#include "snow/rpc/v1/node.pb.h"
+
+#include "completion_pump.h"
+#include "grpc_glue.h"
+
+namespace snow::rpc {
+namespace {
+
+using detail::CompletionOf;
+using SystemTime = std::chrono::system_clock::time_point;
+
+constexpr std::string_view kPingMethod = "/snow.rpc.v1.Node/Ping";
+
+class MetadataWriter final : public opentracing::TextMapWriter {
+ public:
+  explicit MetadataWriter(grpc::ClientContext& context) : context_(context) {}
+  opentracing::expected<void> Set(opentracing::string_view key,
+                                  opentracing::string_view value) const override {
+    std::string lower(key.data(), key.size());
+    std::transform(lower.begin(), lower.end(), lower.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    context_.AddMetadata(lower, std::string(value.data(), value.size()));
+    return {};
+  }
+
+ private:
+  grpc::ClientContext& context_;
+};
+
+// "unix:/path" or "host:port"; returns the reason it is not one, or empty.
+std::string checkAddress(std::string_view address) {
+  if (address.starts_with("unix:")) {
+    return address.size() > 5 ? "" : "the unix socket path is empty";
+  }
+  const auto colon = address.rfind(':');
+  if (colon == std::string_view::npos || colon == 0 || colon + 1 == address.size()) {
+    return "expected unix:/path/to/socket or host:port";
+  }
+  const std::string_view port = address.substr(colon + 1);
+  if (!std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    return "the port is not a number";
+  }
+  return "";
+}
+
+uint64_t drawSeed() {
+  uint64_t seed = 0;
+  if (posix::active().getrandom(&seed, sizeof seed, 0).errnum != 0 || seed == 0) {
+    seed = 0x9e3779b97f4a7c15ULL;
+  }
+  return seed;
+}
+
+int64_t millis(Duration d) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
+}
+
+}  // namespace
+
+std::string_view healthName(Health health) noexcept {
+  switch (health) {
+    case Health::Up:
+      return "up";
+    case Health::Down:
+      return "down";
+    case Health::Unknown:
+      break;
+  }
+  return "unknown";
+}
+
+class Client::Impl {
+ public:
+  class Call;
+  class UnaryCall;
+  class StreamCall;
+
+  struct Peer {
+    std::string address;
+    std::vector<std::shared_ptr<grpc::Channel>> channels;
+    std::vector<std::unique_ptr<grpc::GenericStub>> stubs;
+    size_t next = 0;
+    // Health, when monitored.
+    bool monitored = false;
+    PeerHealth health;
+    uint32_t failures = 0;
+    TimerPtr timer;
+    bool pinging = false;
+
+    grpc::GenericStub& stub() { return *stubs[next++ % stubs.size()]; }
+  };
+
+  Impl(Dispatcher& loop, ClientOptions options)
+      : loop_(loop),
+        options_(std::move(options)),
+        tracer_(options_.tracer ? options_.tracer : tracing::noopTracer()),
+        injectTraces_(!tracing::isNoop(*tracer_)),
+        random_(options_.seed != 0 ? options_.seed : drawSeed()) {
+    if (options_.poolSize == 0) {
+      options_.poolSize = 1;
+    }
+    detail::routeGrpcLogs();
+    pump_ = std::make_unique<detail::CompletionPump>(loop_, queue_, "rpc-client");
+  }
+  ~Impl();
+
+  Peer& peer(std::string_view address);
+  void addMetadata(grpc::ClientContext& context, const CallOptions& options) const;
+  SystemTime deadlineOf(const CallOptions& options, bool forStream) const;
+  uint64_t nextSeed() { return random_(); }
+  void forget(Call* call);
+  void ping(Peer& peer);
+  void setHealth(Peer& peer, Health health, std::string error);
+
+  Dispatcher& loop_;
+  ClientOptions options_;
+  std::shared_ptr<opentracing::Tracer> tracer_;
+  bool injectTraces_;
+  std::mt19937_64 random_;
+  grpc::CompletionQueue queue_;
+  std::unique_ptr<detail::CompletionPump> pump_;
+  std::map<std::string, std::unique_ptr<Peer>, std::less<>> peers_;
+  std::vector<Peer*> monitoredOrder_;
+  std::unordered_set<Call*> calls_;
+  HealthCallback onHealth_;
+  bool closing_ = false;
+  // Continuations that may run after the client is gone (a ping's) check this first.
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+};
+
+class Client::Impl::Call {
+ public:
+  virtual ~Call() = default;
+  virtual void cancelForShutdown() = 0;
+};
+
+// One logical unary call: one attempt at a time, retried as status.h allows.
+class Client::Impl::UnaryCall final : public Call {
+ public:
+  UnaryCall(Impl& client, Peer& peer, std::string_view method, grpc::ByteBuffer request,
+            const Message& replyPrototype, CallOptions options)
+      : client_(client),
+        peer_(peer),
+        method_(method),
+        request_(std::move(request)),
+        replyPrototype_(replyPrototype),
+        options_(std::move(options)),
+        deadline_(client.deadlineOf(options_, false)),
+        backoff_(client.options_.backoff, client.nextSeed()),
+        promise_(client.loop_) {}
+
+  Future<MessagePtr> start() {
+    Future<MessagePtr> future = promise_.future();
+    promise_.onCancel([this] {
+      if (attempting_) {
+        context_->TryCancel();  // Its completion follows and frees the call.
+      } else {
+        retry_.reset();
+        client_.forget(this);
+      }
+    });
+    attempt();
+    return future;
+  }
+
+  void cancelForShutdown() override {
+    if (attempting_) {
+      context_->TryCancel();
+    }
+    if (!promise_.isSettled()) {
+      promise_.reject(
+          RpcError(Code::Cancelled, "the RPC client was shut down", method_, peer_.address));
+    }
+  }
+
+ private:
+  void attempt() {
+    context_ = std::make_unique<grpc::ClientContext>();
+    context_->set_deadline(deadline_);
+    client_.addMetadata(*context_, options_);
+    reader_ = peer_.stub().PrepareUnaryCall(context_.get(), method_, request_, &client_.queue_);
+    reader_->StartCall();
+    reader_->Finish(&response_, &status_, &finished_);
+    attempting_ = true;
+    ++attempts_;
+  }
+
+  void onFinished(bool /*ok*/) {
+    attempting_ = false;
+    if (promise_.isSettled()) {  // Cancelled by the caller, or the client shut down.
+      client_.forget(this);
+      return;
+    }
+    if (status_.ok()) {
+      std::shared_ptr<Message> reply(replyPrototype_.New());
+      if (detail::parse(response_, *reply)) {
+        promise_.setValue(std::move(reply));
+      } else {
+        fail(Code::Internal, fmt::format("the reply is not a valid {}", reply->GetTypeName()));
+      }
+      client_.forget(this);
+      return;
+    }
+    const Code code = detail::codeOf(status_);
+    if (retryable(code) && options_.idempotent) {
+      const Duration delay = backoff_.next();
+      const auto now = std::chrono::system_clock::now();
+      if (now + delay < deadline_) {
+        lastError_ = fmt::format("{}: {}", codeName(code), status_.error_message());
+        retry_ = client_.loop_.createTimer([this] {
+          retry_.reset();
+          attempt();
+        });
+        retry_->enable(delay);
+        return;
+      }
+    }
+    std::string message = status_.error_message();
+    if (code == Code::DeadlineExceeded) {
+      message = fmt::format("no answer within {} ms ({} attempt{}{})",
+                            millis(options_.timeout.count() != 0 ? options_.timeout
+                                                                 : client_.options_.defaultTimeout),
+                            attempts_, attempts_ == 1 ? "" : "s",
+                            lastError_.empty() ? "" : "; last error " + lastError_);
+    } else if (attempts_ > 1) {
+      message += fmt::format(" (after {} attempts)", attempts_);
+    }
+    fail(code, message);
+    client_.forget(this);
+  }
+
+  void fail(Code code, std::string_view message) {
+    promise_.reject(RpcError(code, message, method_, peer_.address));
+  }
+
+  Impl& client_;
+  Peer& peer_;
+  std::string method_;
+  grpc::ByteBuffer request_;
+  const Message& replyPrototype_;
+  CallOptions options_;
+  SystemTime deadline_;
+  Backoff backoff_;
+  Promise<MessagePtr> promise_;
+  std::unique_ptr<grpc::ClientContext> context_;
+  std::unique_ptr<grpc::GenericClientAsyncResponseReader> reader_;
+  grpc::ByteBuffer response_;
+  grpc::Status status_;
+  TimerPtr retry_;
+  std::string lastError_;
+  int attempts_ = 0;
+  bool attempting_ = false;
+  CompletionOf<UnaryCall, &UnaryCall::onFinished> finished_{this};
+};
+
+// A server-streaming call: start, write the request, half-close, read until the end, finish.
+class Client::Impl::StreamCall final : public Call {
+ public:
+  StreamCall(Impl& client, Peer& peer, std::string_view method, grpc::ByteBuffer request,
+             const Message& replyPrototype, UniqueFunction<void(MessagePtr)> onMessage,
+             CallOptions options)
+      : client_(client),
+        peer_(peer),
+        method_(method),
+        request_(std::move(request)),
+        replyPrototype_(replyPrototype),
+        onMessage_(std::move(onMessage)),
+        options_(std::move(options)),
+        promise_(client.loop_) {}
+
+  Future<void> start() {
+    Future<void> future = promise_.future();
+    promise_.onCancel([this] { context_.TryCancel(); });
+    if (options_.timeout.count() != 0) {
+      context_.set_deadline(client_.deadlineOf(options_, true));
+    }
+    client_.addMetadata(context_, options_);
+    stream_ = peer_.stub().PrepareCall(&context_, method_, &client_.queue_);
+    stream_->StartCall(&started_);
+    ++pending_;
+    return future;
+  }
+
+  void cancelForShutdown() override {
+    context_.TryCancel();
+    if (!promise_.isSettled()) {
+      promise_.reject(
+          RpcError(Code::Cancelled, "the RPC client was shut down", method_, peer_.address));
+    }
+  }
+
+ private:
+  void onStarted(bool ok) {
+    --pending_;
+    if (!ok) {
+      finish();
+      return;
+    }
+    stream_->Write(request_, &wrote_);
+    ++pending_;
+  }
+  void onWrote(bool ok) {
+    --pending_;
+    if (!ok) {
+      finish();
+      return;
+    }
+    stream_->WritesDone(&halfClosed_);
+    ++pending_;
+  }
+  void onHalfClosed(bool ok) {
+    --pending_;
+    if (!ok) {
+      finish();
+      return;
+    }
+    readNext();
+  }
+  void readNext() {
+    stream_->Read(&buffer_, &read_);
+    ++pending_;
+  }
+  void onRead(bool ok) {
+    --pending_;
+    if (!ok) {
+      finish();
+      return;
+    }
+    std::shared_ptr<Message> message(replyPrototype_.New());
+    if (!detail::parse(buffer_, *message)) {
+      context_.TryCancel();
+      protocolError_ = fmt::format("a streamed message is not a valid {}", message->GetTypeName());
+      finish();
+      return;
+    }
+    if (!promise_.isSettled() && onMessage_) {
+      onMessage_(std::move(message));
+    }
+    readNext();
+  }
+  void finish() {
+    stream_->Finish(&status_, &finished_);
+    ++pending_;
+  }
+  void onFinished(bool /*ok*/) {
+    --pending_;
+    if (!promise_.isSettled()) {
+      if (!protocolError_.empty()) {
+        promise_.reject(RpcError(Code::Internal, protocolError_, method_, peer_.address));
+      } else if (status_.ok()) {
+        promise_.setValue();
+      } else {
+        promise_.reject(
+            RpcError(detail::codeOf(status_), status_.error_message(), method_, peer_.address));
+      }
+    }
+    client_.forget(this);
+  }
+
+  Impl& client_;
+  Peer& peer_;
+  std::string method_;
+  grpc::ByteBuffer request_;
+  const Message& replyPrototype_;
+  UniqueFunction<void(MessagePtr)> onMessage_;
+  CallOptions options_;
+  Promise<void> promise_;
+  grpc::ClientContext context_;
+  std::unique_ptr<grpc::GenericClientAsyncReaderWriter> stream_;
+  grpc::ByteBuffer buffer_;
+  grpc::Status status_;
+  std::string protocolError_;
+  int pending_ = 0;
+  CompletionOf<StreamCall, &StreamCall::onStarted> started_{this};
+  CompletionOf<StreamCall, &StreamCall::onWrote> wrote_{this};
+  CompletionOf<StreamCall, &StreamCall::onHalfClosed> halfClosed_{this};
+  CompletionOf<StreamCall, &StreamCall::onRead> read_{this};
+  CompletionOf<StreamCall, &StreamCall::onFinished> finished_{this};
+};
+
+// ---- Impl --------------------------------------------------------------------------------------
+
+Client::Impl::~Impl() {
+  closing_ = true;
+  for (auto& [address, peer] : peers_) {
+    peer->timer.reset();
+  }
+  // Copy: cancelling may not free a call (its completion is still to come), but be safe.
+  const std::vector<Call*> calls(calls_.begin(), calls_.end());
+  for (Call* call : calls) {
+    call->cancelForShutdown();
+  }
+  pump_->stopNow();  // Every cancelled operation completes; then the thread ends.
+  for (Call* call : calls_) {
+    delete call;
+  }
+  calls_.clear();
+}
+
+void Client::Impl::forget(Call* call) {
+  if (calls_.erase(call) != 0) {
+    delete call;
+  }
+}
+
+Client::Impl::Peer& Client::Impl::peer(std::string_view address) {
+  if (auto it = peers_.find(address); it != peers_.end()) {
+    return *it->second;
+  }
+  auto peer = std::make_unique<Peer>();
+  peer->address = std::string(address);
+  peer->health.address = peer->address;
+  grpc::ChannelArguments args;
+  // Each channel of the pool gets its own connection rather than sharing one.
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
+              static_cast<int>(millis(options_.backoff.initial)));
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, static_cast<int>(millis(options_.backoff.max)));
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
+              static_cast<int>(millis(options_.backoff.minConnectTimeout)));
+  // Dead peers are found by keepalive pings on idle streams too (a watch that hears nothing).
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
+  // Retries are ours (status.h), so that they follow our rules and show in our errors.
+  args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
+  args.SetMaxReceiveMessageSize(options_.maxMessageBytes);
+  args.SetMaxSendMessageSize(options_.maxMessageBytes);
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (options_.tls && !address.starts_with("unix:")) {
+    grpc::SslCredentialsOptions ssl;
+    posix::Posix& os = posix::active();
+    if (!options_.tls->caFile.empty()) {
+      ssl.pem_root_certs = readPemFile(os, options_.tls->caFile, "TLS CA bundle");
+    }
+    if (!options_.tls->certFile.empty()) {
+      ssl.pem_cert_chain = readPemFile(os, options_.tls->certFile, "TLS certificate");
+      ssl.pem_private_key = readPemFile(os, options_.tls->keyFile, "TLS key");
+    }
+    if (!options_.tls->serverName.empty()) {
+      args.SetSslTargetNameOverride(options_.tls->serverName);
+    }
+    credentials = grpc::SslCredentials(ssl);
+  }
+  for (uint32_t i = 0; i < options_.poolSize; ++i) {
+    auto channel = grpc::CreateCustomChannel(peer->address, credentials, args);
+    peer->stubs.push_back(std::make_unique<grpc::GenericStub>(channel));
+    peer->channels.push_back(std::move(channel));
+  }
+  Peer& result = *peer;
+  peers_.emplace(peer->address, std::move(peer));
+  return result;
+}
+
+void Client::Impl::addMetadata(grpc::ClientContext& context, const CallOptions& options) const {
+  for (const auto& [key, value] : options.metadata) {
+    context.AddMetadata(key, value);
+  }
+  if (!injectTraces_) {
+    return;
+  }
+  const opentracing::SpanContext* parent = options.traceParent;
+  if (parent == nullptr && EventTree::current() != nullptr) {
+    parent = &EventTree::current()->span().context();
+  }
+  if (parent != nullptr) {
+    MetadataWriter writer(context);
+    (void)tracer_->Inject(*parent, writer);
+  }
+}
+
+SystemTime Client::Impl::deadlineOf(const CallOptions& options, bool forStream) const {
+  const Duration timeout = options.timeout.count() != 0 ? options.timeout : options_.defaultTimeout;
+  (void)forStream;
+  return std::chrono::system_clock::now() +
+         std::chrono::duration_cast<std::chrono::system_clock::duration>(timeout);
+}
+
+void Client::Impl::setHealth(Peer& peer, Health health, std::string error) {
+  peer.health.lastError = std::move(error);
+  if (peer.health.health == health) {
+    return;
+  }
+  peer.health.health = health;
+  peer.health.since = std::chrono::system_clock::now();
+  if (onHealth_) {
+    onHealth_(peer.health);
+  }
+}
+
+void Client::Impl::ping(Peer& peer) {
+  if (peer.pinging || closing_) {
+    return;
+  }
+  peer.pinging = true;
+  snow::rpc::v1::PingRequest request;
+  grpc::ByteBuffer buffer;
+  detail::serialize(request, buffer);
+  CallOptions options;
+  options.timeout = options_.health.timeout;
+  options.idempotent = false;  // One ping is one probe; the next interval is the retry.
+  auto* call = new UnaryCall(*this, peer, kPingMethod, std::move(buffer),
+                             snow::rpc::v1::PingReply::default_instance(), std::move(options));
+  calls_.insert(call);
+  const MonotonicTime sent = loop_.now();
+  call->start()
+      .whenSettled([this, &peer, sent,
+                    alive = std::weak_ptr<bool>(alive_)](const Future<MessagePtr>& reply) {
+        if (alive.expired()) {
+          (void)reply.error();
+          return;
+        }
+        peer.pinging = false;
+        if (reply.hasValue()) {
+          peer.failures = 0;
+          peer.health.roundTrip = loop_.now() - sent;
+          setHealth(peer, Health::Up, "");
+        } else {
+          const std::string why = describe(reply.error());
+          if (++peer.failures >= std::max<uint32_t>(options_.health.failures, 1)) {
+            setHealth(peer, Health::Down, why);
+          } else {
+            peer.health.lastError = why;
+          }
+        }
+        if (peer.timer) {
+          peer.timer->enable(options_.health.interval);
+        }
+      })
+      .detach();
+}
+
+// ---- Client ------------------------------------------------------------------------------------
+
+Client::Client(Dispatcher& loop, ClientOptions options)
+    : impl_(std::make_unique<Impl>(loop, std::move(options))) {}
+
+Client::~Client() = default;
+
+const ClientOptions& Client::options() const noexcept {
+  return impl_->options_;
+}
+
+Future<MessagePtr> Client::call(std::string_view peer, std::string_view method,
+                                const google::protobuf::Message& request,
+                                const google::protobuf::Message& replyPrototype,
+                                CallOptions options) {
+  if (std::string why = checkAddress(peer); !why.empty()) {
+    return makeErrorFuture<MessagePtr>(
+        RpcError(Code::InvalidArgument, fmt::format("bad peer address: {}", why), method, peer));
+  }
+  grpc::ByteBuffer buffer;
+  if (!detail::serialize(request, buffer)) {
+    return makeErrorFuture<MessagePtr>(
+        RpcError(Code::InvalidArgument, "the request could not be serialised", method, peer));
+  }
+  auto* call = new Impl::UnaryCall(*impl_, impl_->peer(peer), method, std::move(buffer),
+                                   replyPrototype, std::move(options));
+  impl_->calls_.insert(call);
+  return call->start();
+}
+
+Future<void> Client::stream(std::string_view peer, std::string_view method,
+                            const google::protobuf::Message& request,
+                            const google::protobuf::Message& replyPrototype,
+                            UniqueFunction<void(MessagePtr)> onMessage, CallOptions options) {
+  if (std::string why = checkAddress(peer); !why.empty()) {
+    return makeErrorFuture<void>(
+        RpcError(Code::InvalidArgument, fmt::format("bad peer address: {}", why), method, peer));
+  }
+  grpc::ByteBuffer buffer;
+  if (!detail::serialize(request, buffer)) {
+    return makeErrorFuture<void>(
+        RpcError(Code::InvalidArgument, "the request could not be serialised", method, peer));
+  }
+  auto* call = new Impl::StreamCall(*impl_, impl_->peer(peer), method, std::move(buffer),
+                                    replyPrototype, std::move(onMessage), std::move(options));
+  impl_->calls_.insert(call);
+  return call->start();
+}
+
+void Client::monitor(std::string_view address) {
+  if (std::string why = checkAddress(address); !why.empty()) {
+    throw std::invalid_argument(fmt::format("cannot monitor peer {}: {}", address, why));
+  }
+  Impl::Peer& peer = impl_->peer(address);
+  if (peer.monitored) {
+    return;
+  }
+  peer.monitored = true;
+  impl_->monitoredOrder_.push_back(&peer);
+  Impl* impl = impl_.get();
+  peer.timer = impl_->loop_.createTimer([impl, &peer] { impl->ping(peer); });
+  impl->ping(peer);
+}
+
+void Client::onHealth(HealthCallback callback) {
+  impl_->onHealth_ = std::move(callback);
+}
+
+std::vector<PeerHealth> Client::health() const {
+  std::vector<PeerHealth> out;
+  out.reserve(impl_->monitoredOrder_.size());
+  for (const Impl::Peer* peer : impl_->monitoredOrder_) {
+    out.push_back(peer->health);
+  }
+  return out;
+}
+
+}  // namespace snow::rpc

@@ -1,0 +1,641 @@
+#include "snow/rpc/server.h"
+
+#include <cerrno>
+#include <deque>
+#include <thread>
+#include <unordered_set>
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <grpcpp/generic/async_generic_service.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server.h>
+#include <grpcpp/server_builder.h>
+#include <opentracing/propagation.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include "snow/core/net.h"
+#include "snow/core/tracing.h"
+#include "snow/posix/checked_posix.h"
+#include "snow/posix/file_descriptor.h"
+
+#include "completion_pump.h"
+#include "grpc_glue.h"
+
+namespace snow::rpc {
+namespace {
+
+using detail::CompletionOf;
+
+// Calls requested from gRPC ahead of time, so that a burst of new calls does not wait for the
+// loop to ask for each.
+constexpr int kPrepostedCalls = 16;
+
+class MetadataReader final : public opentracing::TextMapReader {
+ public:
+  explicit MetadataReader(const std::multimap<grpc::string_ref, grpc::string_ref>& metadata)
+      : metadata_(metadata) {}
+  opentracing::expected<void> ForeachKey(
+      std::function<opentracing::expected<void>(opentracing::string_view, opentracing::string_view)>
+          f) const override {
+    for (const auto& [key, value] : metadata_) {
+      auto result = f(opentracing::string_view(key.data(), key.size()),
+                      opentracing::string_view(value.data(), value.size()));
+      if (!result) {
+        return result;
+      }
+    }
+    return {};
+  }
+
+ private:
+  const std::multimap<grpc::string_ref, grpc::string_ref>& metadata_;
+};
+
+}  // namespace
+
+class Server::Impl {
+ public:
+  class Call;
+  class Stream;
+
+  Impl(Dispatcher& loop, Services& services, posix::Posix& os, ServerOptions options)
+      : loop_(loop),
+        services_(services),
+        os_(os),
+        options_(std::move(options)),
+        tracer_(options_.tracer ? options_.tracer : tracing::noopTracer()),
+        extractTraces_(!tracing::isNoop(*tracer_)) {}
+  ~Impl();
+
+  void start();
+  Future<void> stop(Duration grace);
+  void requestCall();
+  void forget(Call* call);
+
+  Dispatcher& loop_;
+  Services& services_;
+  posix::Posix& os_;
+  ServerOptions options_;
+  std::shared_ptr<opentracing::Tracer> tracer_;
+  bool extractTraces_;
+  grpc::AsyncGenericService generic_;
+  std::unique_ptr<grpc::ServerCompletionQueue> queue_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<detail::CompletionPump> pump_;
+  std::unordered_set<Call*> calls_;
+  std::vector<std::string> endpoints_;
+  std::string socketPath_;  // The unix socket file we created, to remove at stop.
+  int tcpPort_ = 0;
+  bool accepting_ = false;
+  std::thread shutdownThread_;
+
+ private:
+  void prepareUnixSocket(const std::string& path);
+  void removeUnixSocket();
+  void deleteCalls();
+};
+
+// The server side of one stream: queued messages, written one at a time.
+class Server::Impl::Stream final : public ServerStream {
+ public:
+  explicit Stream(Call* call) : call_(call) {}
+  bool write(const google::protobuf::Message& message) override;
+  [[nodiscard]] uint64_t dropped() const override { return dropped_; }
+  [[nodiscard]] Future<void> closed() override;
+
+  void detach() { call_ = nullptr; }
+  void close() {
+    if (!isClosed_) {
+      isClosed_ = true;
+      if (closedPromise_) {
+        closedPromise_->setValue();
+      }
+    }
+  }
+
+  Call* call_;
+  std::deque<grpc::ByteBuffer> queue_;
+  uint64_t dropped_ = 0;
+  bool isClosed_ = false;
+  std::unique_ptr<Promise<void>> closedPromise_;
+};
+
+// One call, from RequestCall to the done notification. Deletes itself when nothing is pending:
+// not gRPC's operations, not the handler.
+class Server::Impl::Call final : public CallContext {
+ public:
+  explicit Call(Impl& server) : server_(server), stream_(&context_) {}
+  ~Call() override {
+    if (streamState_) {
+      streamState_->detach();
+      streamState_->close();
+    }
+  }
+
+  void request() {
+    context_.AsyncNotifyWhenDone(&done_);
+    server_.generic_.RequestCall(&context_, &stream_, server_.queue_.get(), server_.queue_.get(),
+                                 &requested_);
+    ++pending_;
+  }
+
+  [[nodiscard]] const std::string& method() const override { return context_.method(); }
+  [[nodiscard]] std::string peer() const override { return context_.peer(); }
+  [[nodiscard]] std::string_view metadata(std::string_view key) const override {
+    const auto& metadata = context_.client_metadata();
+    auto it = metadata.find(grpc::string_ref(key.data(), key.size()));
+    return it == metadata.end() ? std::string_view()
+                                : std::string_view(it->second.data(), it->second.size());
+  }
+  [[nodiscard]] const opentracing::SpanContext* traceParent() const override {
+    return traceParent_.get();
+  }
+  [[nodiscard]] std::chrono::system_clock::time_point deadline() const override {
+    return context_.deadline();
+  }
+
+  void writeNext();
+  void finish(const grpc::Status& status);
+
+ private:
+  friend class Impl::Stream;
+
+  void onRequested(bool ok);
+  void onRead(bool ok);
+  void onWritten(bool ok);
+  void onFinished(bool ok);
+  void onDone(bool ok);
+
+  void handle(Services::Method& method);
+  void reply(const Future<MessagePtr>& outcome);
+  void endStream(const Future<void>& outcome);
+  void settled() {
+    --pending_;
+    collect();
+  }
+  void collect() {
+    if (pending_ == 0) {
+      server_.forget(this);
+    }
+  }
+
+  Impl& server_;
+  grpc::GenericServerContext context_;
+  grpc::GenericServerAsyncReaderWriter stream_;
+  grpc::ByteBuffer buffer_;
+  std::unique_ptr<opentracing::SpanContext> traceParent_;
+  std::shared_ptr<Stream> streamState_;
+  std::optional<grpc::Status> finishAfterWrites_;
+  Future<void> handling_;        // The handler's outcome, while it is pending.
+  std::shared_ptr<bool> alive_;  // Made only when the handler does not answer at once.
+  int pending_ = 0;
+  bool writing_ = false;
+  bool finished_ = false;
+  CompletionOf<Call, &Call::onRequested> requested_{this};
+  CompletionOf<Call, &Call::onRead> read_{this};
+  CompletionOf<Call, &Call::onWritten> written_{this};
+  CompletionOf<Call, &Call::onFinished> finishedOp_{this};
+  CompletionOf<Call, &Call::onDone> done_{this};
+};
+
+// ---- Call ----------------------------------------------------------------------------------
+
+void Server::Impl::Call::onRequested(bool ok) {
+  --pending_;
+  if (!ok) {  // The server is shutting down; gRPC sends no done notification for this one.
+    collect();
+    return;
+  }
+  ++pending_;  // The done notification, now certain to come.
+  if (server_.accepting_) {
+    server_.requestCall();
+  }
+  stream_.Read(&buffer_, &read_);
+  ++pending_;
+}
+
+void Server::Impl::Call::onRead(bool ok) {
+  --pending_;
+  Services::Method* method = server_.services_.find(context_.method());
+  if (method == nullptr) {
+    finish({grpc::StatusCode::UNIMPLEMENTED,
+            fmt::format("this node serves no method {}", context_.method())});
+  } else if (!ok) {
+    finish({grpc::StatusCode::INVALID_ARGUMENT, "the call carried no request message"});
+  } else {
+    handle(*method);
+  }
+  collect();
+}
+
+void Server::Impl::Call::handle(Services::Method& method) {
+  std::unique_ptr<Message> request(method.request->New());
+  if (!detail::parse(buffer_, *request)) {
+    finish({grpc::StatusCode::INVALID_ARGUMENT,
+            fmt::format("the request is not a valid {}", request->GetTypeName())});
+    return;
+  }
+  buffer_.Clear();
+  if (server_.extractTraces_) {
+    MetadataReader reader(context_.client_metadata());
+    if (auto extracted = server_.tracer_->Extract(reader); extracted && *extracted) {
+      traceParent_ = std::move(*extracted);
+    }
+  }
+  if (method.unary) {
+    Future<MessagePtr> outcome;
+    try {
+      outcome = method.unary(*this, *request);
+    } catch (...) {
+      outcome = makeErrorFuture<MessagePtr>(std::current_exception());
+    }
+    if (outcome.isReady()) {
+      reply(outcome);
+      return;
+    }
+    ++pending_;
+    alive_ = std::make_shared<bool>(true);
+    handling_ = outcome.whenSettled(
+        [this, alive = std::weak_ptr<bool>(alive_)](const Future<MessagePtr>& answer) {
+          if (alive.expired()) {
+            (void)answer.error();
+            return;
+          }
+          handling_.detach();
+          reply(answer);
+          settled();
+        });
+    return;
+  }
+  streamState_ = std::make_shared<Stream>(this);
+  Future<void> outcome;
+  try {
+    outcome = method.stream(*this, *request, streamState_);
+  } catch (...) {
+    outcome = makeErrorFuture<void>(std::current_exception());
+  }
+  ++pending_;
+  alive_ = std::make_shared<bool>(true);
+  handling_ =
+      outcome.whenSettled([this, alive = std::weak_ptr<bool>(alive_)](const Future<void>& done) {
+        if (alive.expired()) {
+          (void)done.error();
+          return;
+        }
+        handling_.detach();
+        endStream(done);
+        settled();
+      });
+}
+
+void Server::Impl::Call::reply(const Future<MessagePtr>& outcome) {
+  if (outcome.hasError()) {
+    finish(detail::statusOf(outcome.error()));
+    return;
+  }
+  const MessagePtr& message = outcome.value();
+  if (message == nullptr) {
+    finish({grpc::StatusCode::INTERNAL, "the handler answered with no message"});
+    return;
+  }
+  if (!detail::serialize(*message, buffer_)) {
+    finish({grpc::StatusCode::INTERNAL, "the reply could not be serialised"});
+    return;
+  }
+  finished_ = true;
+  stream_.WriteAndFinish(buffer_, grpc::WriteOptions(), grpc::Status::OK, &finishedOp_);
+  ++pending_;
+}
+
+void Server::Impl::Call::endStream(const Future<void>& outcome) {
+  const grpc::Status status =
+      outcome.hasError() ? detail::statusOf(outcome.error()) : grpc::Status::OK;
+  if (writing_) {
+    finishAfterWrites_ = status;
+  } else {
+    finish(status);
+  }
+}
+
+void Server::Impl::Call::finish(const grpc::Status& status) {
+  if (finished_) {
+    return;
+  }
+  finished_ = true;
+  if (streamState_) {
+    streamState_->queue_.clear();
+  }
+  stream_.Finish(status, &finishedOp_);
+  ++pending_;
+}
+
+void Server::Impl::Call::writeNext() {
+  if (writing_ || finished_ || streamState_->queue_.empty()) {
+    return;
+  }
+  writing_ = true;
+  buffer_ = std::move(streamState_->queue_.front());
+  streamState_->queue_.pop_front();
+  stream_.Write(buffer_, &written_);
+  ++pending_;
+}
+
+void Server::Impl::Call::onWritten(bool ok) {
+  --pending_;
+  writing_ = false;
+  if (!ok) {  // The client is gone; the done notification follows.
+    streamState_->queue_.clear();
+    streamState_->close();
+  } else if (!streamState_->queue_.empty()) {
+    writeNext();
+  } else if (finishAfterWrites_) {
+    finish(*finishAfterWrites_);
+  }
+  collect();
+}
+
+void Server::Impl::Call::onFinished(bool /*ok*/) {
+  settled();
+}
+
+void Server::Impl::Call::onDone(bool /*ok*/) {
+  --pending_;
+  if (context_.IsCancelled()) {
+    if (streamState_) {
+      streamState_->close();
+    }
+    if (handling_.valid()) {  // Cancellation flows to the handler (and an event's subtree).
+      handling_.cancel();
+    }
+  }
+  collect();
+}
+
+// ---- Stream --------------------------------------------------------------------------------
+
+bool Server::Impl::Stream::write(const google::protobuf::Message& message) {
+  if (call_ == nullptr || isClosed_ || call_->finished_) {
+    return false;
+  }
+  if (queue_.size() >= kMaxQueued) {
+    ++dropped_;
+    return false;
+  }
+  grpc::ByteBuffer buffer;
+  if (!detail::serialize(message, buffer)) {
+    return false;
+  }
+  queue_.push_back(std::move(buffer));
+  call_->writeNext();
+  return true;
+}
+
+Future<void> Server::Impl::Stream::closed() {
+  if (closedPromise_) {
+    throw std::logic_error("ServerStream::closed() called twice");
+  }
+  closedPromise_ = std::make_unique<Promise<void>>(
+      Dispatcher::current() != nullptr ? *Dispatcher::current() : call_->server_.loop_);
+  Future<void> future = closedPromise_->future();
+  if (isClosed_) {
+    closedPromise_->setValue();
+  }
+  return future;
+}
+
+// ---- Impl ----------------------------------------------------------------------------------
+
+Server::Impl::~Impl() {
+  if (server_) {
+    accepting_ = false;
+    server_->Shutdown(std::chrono::system_clock::now());
+  }
+  if (shutdownThread_.joinable()) {
+    shutdownThread_.join();
+  }
+  if (pump_) {
+    pump_->stopNow();
+  }
+  deleteCalls();
+  server_.reset();
+  queue_.reset();
+  removeUnixSocket();
+}
+
+void Server::Impl::deleteCalls() {
+  for (Call* call : calls_) {
+    delete call;
+  }
+  calls_.clear();
+}
+
+void Server::Impl::forget(Call* call) {
+  calls_.erase(call);
+  delete call;
+}
+
+void Server::Impl::requestCall() {
+  auto* call = new Call(*this);
+  calls_.insert(call);
+  call->request();
+}
+
+void Server::Impl::prepareUnixSocket(const std::string& path) {
+  const net::Address address = net::Address::parse("unix:" + path);
+  // The directory: created private to this user when missing, so that only the daemon's user
+  // can reach the control socket.
+  const auto slash = path.rfind('/');
+  if (slash != std::string::npos && slash > 0) {
+    const std::string directory = path.substr(0, slash);
+    if (auto made = posix::tolerant([&] { return os_.mkdir(directory.c_str(), 0700); });
+        made.errnum != 0 && made.errnum != EEXIST) {
+      throw std::runtime_error(fmt::format("cannot create the directory of the RPC socket {}: {}",
+                                           path, std::generic_category().message(made.errnum)));
+    }
+  }
+  struct stat info {};
+  if (posix::tolerant([&] { return os_.lstat(path.c_str(), &info); }).errnum != 0) {
+    return;  // Nothing there.
+  }
+  if (!S_ISSOCK(info.st_mode)) {
+    throw std::runtime_error(
+        fmt::format("cannot serve RPC on {}: the path exists and is not a socket", path));
+  }
+  // A socket file: in use by a running daemon, or left behind by one that died.
+  auto probe = os_.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (probe.errnum != 0) {
+    throw std::system_error(probe.errnum, std::generic_category(), "socket(AF_UNIX)");
+  }
+  posix::FileDescriptor fd(probe.value);
+  if (posix::tolerant([&] {
+        return os_.connect(fd.get(), address.get(), address.length());
+      }).errnum == 0) {
+    throw std::runtime_error(fmt::format(
+        "cannot serve RPC on {}: another process (a running snow-core?) is serving there", path));
+  }
+  spdlog::info("removing the stale RPC socket {} left by an earlier run", path);
+  os_.unlink(path.c_str());
+}
+
+void Server::Impl::removeUnixSocket() {
+  if (!socketPath_.empty()) {
+    (void)posix::tolerant([&] { return os_.unlink(socketPath_.c_str()); });
+    socketPath_.clear();
+  }
+}
+
+void Server::Impl::start() {
+  if (server_) {
+    throw std::logic_error("rpc::Server::start() called twice");
+  }
+  detail::routeGrpcLogs();
+  grpc::ServerBuilder builder;
+  builder.SetMaxReceiveMessageSize(options_.maxMessageBytes);
+  builder.SetMaxSendMessageSize(options_.maxMessageBytes);
+  // Without this, gRPC binds TCP ports with SO_REUSEPORT and a second daemon on the same port
+  // would silently share it.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // Clients ping idle connections to find dead peers (client.cc); accept those pings.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  builder.RegisterAsyncGenericService(&generic_);
+  std::vector<std::string> wanted;
+  if (!options_.unixSocket.empty()) {
+    prepareUnixSocket(options_.unixSocket);
+    wanted.push_back("unix:" + options_.unixSocket);
+    builder.AddListeningPort(wanted.back(), grpc::InsecureServerCredentials());
+  }
+  if (!options_.tcpListen.empty()) {
+    const net::Address address = net::Address::parse(options_.tcpListen);
+    if (address.family() == AF_UNIX) {
+      throw std::runtime_error(fmt::format(
+          "rpc listen address {} is a unix socket; use unix_socket for that", options_.tcpListen));
+    }
+    std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+    if (options_.tls) {
+      grpc::SslServerCredentialsOptions ssl(
+          options_.tls->requireClientCert
+              ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+              : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+      if (!options_.tls->caFile.empty()) {
+        ssl.pem_root_certs = readPemFile(os_, options_.tls->caFile, "TLS CA bundle");
+      } else if (options_.tls->requireClientCert) {
+        throw std::runtime_error("rpc tls: require_client_cert needs ca_file");
+      }
+      ssl.pem_key_cert_pairs.push_back(
+          {readPemFile(os_, options_.tls->keyFile, "TLS key"),
+           readPemFile(os_, options_.tls->certFile, "TLS certificate")});
+      credentials = grpc::SslServerCredentials(ssl);
+    }
+    wanted.push_back(address.toString());
+    builder.AddListeningPort(wanted.back(), credentials, &tcpPort_);
+  }
+  queue_ = builder.AddCompletionQueue();
+  server_ = builder.BuildAndStart();
+  if (!server_ || (!options_.tcpListen.empty() && tcpPort_ == 0)) {
+    server_.reset();
+    throw std::runtime_error(fmt::format(
+        "cannot serve RPC on {}: gRPC could not listen (address in use or not available)",
+        fmt::join(wanted, ", ")));
+  }
+  if (!options_.unixSocket.empty()) {
+    socketPath_ = options_.unixSocket;
+    os_.chmod(socketPath_.c_str(), 0600);
+  }
+  endpoints_ = wanted;
+  if (!options_.tcpListen.empty()) {
+    const net::Address address = net::Address::parse(options_.tcpListen);
+    const std::string host = address.toString().substr(0, address.toString().rfind(':'));
+    endpoints_.back() = fmt::format("{}:{}", host, tcpPort_);
+  }
+  pump_ = std::make_unique<detail::CompletionPump>(loop_, *queue_, "rpc-server");
+  accepting_ = true;
+  for (int i = 0; i < kPrepostedCalls; ++i) {
+    requestCall();
+  }
+}
+
+Future<void> Server::Impl::stop(Duration grace) {
+  if (!server_ || !accepting_) {
+    return makeReadyFuture();
+  }
+  accepting_ = false;
+  // Shutdown() waits for calls in flight, whose handlers run on this loop: wait elsewhere.
+  const auto deadline = std::chrono::system_clock::now() + grace;
+  auto shutDown = std::make_shared<Promise<void>>(loop_);
+  Future<void> returned = shutDown->future();
+  shutdownThread_ = std::thread([this, deadline, shutDown] {
+    server_->Shutdown(deadline);
+    loop_.post([shutDown] { shutDown->setValue(); });
+  });
+  return returned
+      .then([this] {
+        shutdownThread_.join();
+        return pump_->shutdown();
+      })
+      .then([this] { removeUnixSocket(); });
+}
+
+// ---- Server --------------------------------------------------------------------------------
+
+Server::Server(Dispatcher& loop, Services& services, posix::Posix& os, ServerOptions options)
+    : impl_(std::make_unique<Impl>(loop, services, os, std::move(options))) {}
+
+Server::~Server() = default;
+
+void Server::start() {
+  impl_->start();
+}
+
+Future<void> Server::stop(Duration grace) {
+  return impl_->stop(grace);
+}
+
+std::vector<std::string> Server::endpoints() const {
+  return impl_->endpoints_;
+}
+
+int Server::tcpPort() const {
+  return impl_->tcpPort_;
+}
+
+size_t Server::activeCalls() const {
+  return impl_->calls_.size();
+}
+
+std::string readPemFile(posix::Posix& os, const std::string& path, const char* what) {
+  if (path.empty()) {
+    throw std::runtime_error(fmt::format("rpc tls: the {} file is not set", what));
+  }
+  auto opened = posix::tolerant([&] { return os.open(path.c_str(), O_RDONLY | O_CLOEXEC, 0); });
+  if (opened.errnum != 0) {
+    throw std::runtime_error(fmt::format("cannot read the {} {}: {}", what, path,
+                                         std::generic_category().message(opened.errnum)));
+  }
+  posix::FileDescriptor fd(opened.value);
+  std::string content;
+  char chunk[4096];
+  for (;;) {
+    auto got = posix::tolerant([&] { return os.read(fd.get(), chunk, sizeof chunk); });
+    if (got.errnum == EINTR) {
+      continue;
+    }
+    if (got.errnum != 0) {
+      throw std::runtime_error(fmt::format("cannot read the {} {}: {}", what, path,
+                                           std::generic_category().message(got.errnum)));
+    }
+    if (got.value == 0) {
+      break;
+    }
+    content.append(chunk, static_cast<size_t>(got.value));
+  }
+  if (content.find("-----BEGIN") == std::string::npos) {
+    throw std::runtime_error(fmt::format("the {} {} is not in PEM format", what, path));
+  }
+  return content;
+}
+
+}  // namespace snow::rpc
