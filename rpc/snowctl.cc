@@ -333,7 +333,12 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   events->add_option("--type", options.types, "only event types starting with this (repeatable)");
   auto* reload = app.add_subcommand("reload", "read the configuration again (as SIGHUP does)");
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help and --version exit 0; every usage error exits 2 (CLI11's own codes vary by kind).
+    return app.exit(e) == 0 ? 0 : 2;
+  }
 
   try {
     Ctl ctl(options);

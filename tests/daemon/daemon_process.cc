@@ -17,7 +17,8 @@ extern char** environ;
 
 namespace snow::testing {
 
-DaemonProcess::DaemonProcess(Dispatcher& loop, const std::vector<std::string>& args,
+DaemonProcess::DaemonProcess(Dispatcher& loop, const std::string& program,
+                             const std::vector<std::string>& args,
                              const std::vector<std::string>& extraEnvironment)
     : loop_(loop) {
   auto& os = posix::active();
@@ -31,7 +32,7 @@ DaemonProcess::DaemonProcess(Dispatcher& loop, const std::vector<std::string>& a
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_adddup2(&actions, writer.get(), STDOUT_FILENO);
   posix_spawn_file_actions_adddup2(&actions, writer.get(), STDERR_FILENO);
-  std::vector<std::string> argv{SNOW_DAEMON};
+  std::vector<std::string> argv{program};
   argv.insert(argv.end(), args.begin(), args.end());
   std::vector<char*> cargv;
   for (auto& a : argv) {
@@ -62,10 +63,10 @@ DaemonProcess::DaemonProcess(Dispatcher& loop, const std::vector<std::string>& a
     cenv.push_back(*e);
   }
   cenv.push_back(nullptr);
-  auto spawned = os.posixSpawn(SNOW_DAEMON, &actions, nullptr, cargv.data(), cenv.data());
+  auto spawned = os.posixSpawn(program.c_str(), &actions, nullptr, cargv.data(), cenv.data());
   posix_spawn_file_actions_destroy(&actions);
   if (!spawned.ok()) {
-    throw std::system_error(spawned.errnum, std::system_category(), "posix_spawn " SNOW_DAEMON);
+    throw std::system_error(spawned.errnum, std::system_category(), "posix_spawn " + program);
   }
   pid_ = spawned.value;
   writer.reset();  // Only the child writes: EOF on the pipe means it exited.
@@ -137,6 +138,14 @@ std::pair<int, std::string> runDaemon(Dispatcher& loop, const std::vector<std::s
   DaemonProcess daemon(loop, args);
   const int code = daemon.waitForExit();
   return {code, daemon.log()};
+}
+
+std::pair<int, std::string> runProgram(Dispatcher& loop, const std::string& program,
+                                       const std::vector<std::string>& args,
+                                       const std::vector<std::string>& extraEnvironment) {
+  DaemonProcess process(loop, program, args, extraEnvironment);
+  const int code = process.waitForExit();
+  return {code, process.log()};
 }
 
 }  // namespace snow::testing

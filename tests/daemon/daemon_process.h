@@ -19,7 +19,11 @@ class DaemonProcess {
   // Starts SNOW_DAEMON with `args`, and this process's environment plus `extraEnvironment`
   // ("NAME=value" entries). `loop` runs while waiting.
   DaemonProcess(Dispatcher& loop, const std::vector<std::string>& args,
-                const std::vector<std::string>& extraEnvironment = {});
+                const std::vector<std::string>& extraEnvironment = {})
+      : DaemonProcess(loop, SNOW_DAEMON, args, extraEnvironment) {}
+  // Any other program (snowctl), the same way.
+  DaemonProcess(Dispatcher& loop, const std::string& program, const std::vector<std::string>& args,
+                const std::vector<std::string>& extraEnvironment);
   ~DaemonProcess();  // SIGKILLs and reaps it if still running.
   DaemonProcess(const DaemonProcess&) = delete;
   DaemonProcess& operator=(const DaemonProcess&) = delete;
@@ -57,5 +61,9 @@ class DaemonProcess {
 
 // Runs the daemon with `args` to completion; returns {exit code, log}.
 std::pair<int, std::string> runDaemon(Dispatcher& loop, const std::vector<std::string>& args);
+// Runs `program` with `args` to completion; returns {exit code, stdout and stderr}.
+std::pair<int, std::string> runProgram(Dispatcher& loop, const std::string& program,
+                                       const std::vector<std::string>& args,
+                                       const std::vector<std::string>& extraEnvironment = {});
 
 }  // namespace snow::testing
