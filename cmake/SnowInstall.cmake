@@ -3,8 +3,9 @@
 #
 # `cmake --install build/release --prefix /usr/local` gives:
 #   bin/snow-core                                 the daemon (RUNPATH $ORIGIN/../lib)
+#   bin/snowctl                                   the control CLI (docs/rpc.md)
 #   lib/libsnow-core.so{,.0,.0.1.0}               the library, with its SOVERSION symlinks
-#   include/snow/{posix,core,contexts}/          the public headers
+#   include/snow/{posix,core,contexts,rpc}/      the public headers (and rpc/v1/*.pb.h)
 #   lib/cmake/SnowCore/                           the package: find_package(SnowCore)
 #   lib/snow-core/plugins/                        the plugin directory the unit passes to --modules
 #   lib/systemd/system/snow-core.service          the systemd unit (scripts/snow-core.service)
@@ -32,7 +33,7 @@ target_compile_features(snowcore PUBLIC cxx_std_20)
 
 # The installed daemon finds the installed libsnow-core without LD_LIBRARY_PATH or ldconfig,
 # wherever the prefix is (relative RUNPATH; the build tree keeps its absolute build RPATH).
-set_target_properties(snow-core PROPERTIES
+set_target_properties(snow-core snowctl PROPERTIES
   INSTALL_RPATH "$ORIGIN/../${CMAKE_INSTALL_LIBDIR}")
 
 # ---- Targets -----------------------------------------------------------------------------------
@@ -57,16 +58,23 @@ install(TARGETS snowcore snow-core
   EXPORT SnowCoreTargets
   RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR} COMPONENT runtime
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT runtime NAMELINK_COMPONENT development)
+install(TARGETS snowctl RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR} COMPONENT runtime)
 
 # The public headers: everything under <area>/include/snow/<area>/, included as
 # "snow/<area>/x.h". Not only *.h: checked_posix.h includes posix_methods.inc. (The
 # INSTALL_INTERFACE include directory of snowcore is ${CMAKE_INSTALL_INCLUDEDIR}, see the
 # target_include_directories() of posix/, core/ and contexts/.)
-foreach(area posix core contexts)
+foreach(area posix core contexts rpc)
   install(DIRECTORY ${PROJECT_SOURCE_DIR}/${area}/include/snow
     DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
     COMPONENT development)
 endforeach()
+# The RPC messages (node.proto, config.proto), whose code is inside libsnow-core: modules read
+# them (e.g. the rpc.peer.down event's snow.rpc.v1.PeerStatus payload).
+install(DIRECTORY ${PROJECT_BINARY_DIR}/rpc/proto-gen/snow/rpc/v1
+  DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/snow/rpc
+  COMPONENT development
+  FILES_MATCHING PATTERN "*.pb.h")
 
 install(EXPORT SnowCoreTargets
   NAMESPACE SnowCore::

@@ -236,7 +236,7 @@ int Ctl::events() {
   const bool json = options_.json;
   snow::Future<void> done = client_.stream(
       options_.node, snow::rpc::kWatch, request, pb::EventRecord::default_instance(),
-      [json](snow::MessagePtr message) {
+      [json](const snow::MessagePtr& message) {
         const auto& record = static_cast<const pb::EventRecord&>(*message);
         if (json) {
           fmt::print("{}\n", toJson(record));

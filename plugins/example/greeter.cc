@@ -2,8 +2,9 @@
 // SnowCore headers (docs/modules.md walks through it).
 //
 // It has a configuration section (greeter.proto), handles the event type "greeter.greet" (payload:
-// a google.protobuf.StringValue name; result: "<greeting>, <name>"), and answers on TCP, one line
-// per line: "ada\n" -> "hello, ada\n". Its listening socket is a resource of the configuration
+// a google.protobuf.StringValue name; result: "<greeting>, <name>"), serves the RPC method
+// /snow.example.v1.Greeter/Greet (greeter.proto), and answers on TCP, one line per line:
+// "ada\n" -> "hello, ada\n". Its listening socket is a resource of the configuration
 // generation, keyed by its address, so a reload that keeps the address keeps the socket and the
 // connections; a reload that changes the greeting changes what existing connections hear next.
 
@@ -14,6 +15,7 @@
 #include "snow/contexts/static_context.h"
 #include "snow/core/module.h"
 #include "snow/core/net.h"
+#include "snow/rpc/node.h"
 
 #include "greeter.pb.h"
 
@@ -77,11 +79,25 @@ class Greeter final : public snow::ConfiguredModule<GreeterConfig> {
           reply->set_value(greeting_ + ", " + (name != nullptr ? name->value() : "stranger"));
           return snow::makeReadyFuture<snow::MessagePtr>(std::move(reply));
         });
+    auto& context = snow::StaticContext::instance();
+    if (context.hasNode()) {  // Run by a daemon: serve the Greeter service too.
+      service_ = context.node()
+                     .services()
+                     .addUnary<snow::example::v1::GreetRequest, snow::example::v1::GreetReply>(
+                         "/snow.example.v1.Greeter/Greet",
+                         [this](const snow::rpc::CallContext&,
+                                const snow::example::v1::GreetRequest& request) {
+                           auto reply = std::make_shared<snow::example::v1::GreetReply>();
+                           reply->set_text(greeting_ + ", " + request.name());
+                           return snow::makeReadyFuture<snow::MessagePtr>(std::move(reply));
+                         });
+    }
     return snow::makeReadyFuture();
   }
 
   snow::Future<void> stop() override {
     registration_.reset();
+    service_.reset();
     accepting_.reset();
     connections_.clear();
     return snow::makeReadyFuture();
@@ -171,6 +187,7 @@ class Greeter final : public snow::ConfiguredModule<GreeterConfig> {
   snow::FileEventPtr accepting_;
   std::map<int, std::unique_ptr<Connection>> connections_;
   snow::EventTree::Registration registration_;
+  snow::rpc::Services::Registration service_;
 };
 
 }  // namespace

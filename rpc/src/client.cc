@@ -156,12 +156,12 @@ class Client::Impl::Call {
 // One logical unary call: one attempt at a time, retried as status.h allows.
 class Client::Impl::UnaryCall final : public Call {
  public:
-  UnaryCall(Impl& client, Peer& peer, std::string_view method, grpc::ByteBuffer request,
+  UnaryCall(Impl& client, Peer& peer, std::string_view method, const grpc::ByteBuffer& request,
             const Message& replyPrototype, CallOptions options)
       : client_(client),
         peer_(peer),
         method_(method),
-        request_(std::move(request)),
+        request_(request),  // A reference-counted copy.
         replyPrototype_(replyPrototype),
         options_(std::move(options)),
         deadline_(client.deadlineOf(options_, false)),
@@ -275,13 +275,13 @@ class Client::Impl::UnaryCall final : public Call {
 // A server-streaming call: start, write the request, half-close, read until the end, finish.
 class Client::Impl::StreamCall final : public Call {
  public:
-  StreamCall(Impl& client, Peer& peer, std::string_view method, grpc::ByteBuffer request,
+  StreamCall(Impl& client, Peer& peer, std::string_view method, const grpc::ByteBuffer& request,
              const Message& replyPrototype, UniqueFunction<void(MessagePtr)> onMessage,
              CallOptions options)
       : client_(client),
         peer_(peer),
         method_(method),
-        request_(std::move(request)),
+        request_(request),  // A reference-counted copy.
         replyPrototype_(replyPrototype),
         onMessage_(std::move(onMessage)),
         options_(std::move(options)),
@@ -517,7 +517,7 @@ void Client::Impl::ping(Peer& peer) {
   CallOptions options;
   options.timeout = options_.health.timeout;
   options.idempotent = false;  // One ping is one probe; the next interval is the retry.
-  auto* call = new UnaryCall(*this, peer, kPingMethod, std::move(buffer),
+  auto* call = new UnaryCall(*this, peer, kPingMethod, buffer,
                              snow::rpc::v1::PingReply::default_instance(), std::move(options));
   calls_.insert(call);
   const MonotonicTime sent = loop_.now();
@@ -572,8 +572,8 @@ Future<MessagePtr> Client::call(std::string_view peer, std::string_view method,
     return makeErrorFuture<MessagePtr>(
         RpcError(Code::InvalidArgument, "the request could not be serialised", method, peer));
   }
-  auto* call = new Impl::UnaryCall(*impl_, impl_->peer(peer), method, std::move(buffer),
-                                   replyPrototype, std::move(options));
+  auto* call = new Impl::UnaryCall(*impl_, impl_->peer(peer), method, buffer, replyPrototype,
+                                   std::move(options));
   impl_->calls_.insert(call);
   return call->start();
 }
@@ -591,8 +591,8 @@ Future<void> Client::stream(std::string_view peer, std::string_view method,
     return makeErrorFuture<void>(
         RpcError(Code::InvalidArgument, "the request could not be serialised", method, peer));
   }
-  auto* call = new Impl::StreamCall(*impl_, impl_->peer(peer), method, std::move(buffer),
-                                    replyPrototype, std::move(onMessage), std::move(options));
+  auto* call = new Impl::StreamCall(*impl_, impl_->peer(peer), method, buffer, replyPrototype,
+                                    std::move(onMessage), std::move(options));
   impl_->calls_.insert(call);
   return call->start();
 }

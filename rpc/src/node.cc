@@ -515,7 +515,7 @@ std::vector<std::string> Node::endpoints() const {
   return impl_->server_ ? impl_->server_->endpoints() : std::vector<std::string>{};
 }
 
-Future<MessagePtr> Node::dispatch(std::string_view peer, EventType type, MessagePtr payload,
+Future<MessagePtr> Node::dispatch(std::string_view peer, EventType type, const MessagePtr& payload,
                                   CallOptions options) {
   pb::DispatchRequest request;
   const EventId id = impl_->context_.events().mintId();

@@ -337,7 +337,7 @@ void Server::Impl::Call::writeNext() {
     return;
   }
   writing_ = true;
-  buffer_ = std::move(streamState_->queue_.front());
+  buffer_ = streamState_->queue_.front();  // ByteBuffer copies share the slices.
   streamState_->queue_.pop_front();
   stream_.Write(buffer_, &written_);
   ++pending_;

@@ -19,6 +19,7 @@
 #include "snow/rpc/v1/node.pb.h"
 
 #include "daemon/daemon_process.h"
+#include "greeter.pb.h"
 #include "support/await.h"
 
 namespace snow::testing {
@@ -143,6 +144,26 @@ TEST_F(RpcDaemonTest, SnowctlReloadReportsARefusedConfiguration) {
   EXPECT_EQ(code, 1);
   EXPECT_THAT(output, HasSubstr("FAILED_PRECONDITION"));
   EXPECT_THAT(output, HasSubstr("did you mean 'daemon'?"));
+}
+
+TEST_F(RpcDaemonTest, AModuleServesItsOwnServiceBesideTheNodeService) {
+  DaemonProcess daemon(*loop_, {"--modules", SNOW_GREETER_PLUGIN_DIR});
+  ASSERT_NE(daemon.waitForLog("ready:"), std::string::npos) << daemon.log();
+  rpc::Client client(*loop_, rpc::ClientOptions{});
+  example::v1::GreetRequest request;
+  request.set_name("ada");
+  auto reply = client.call<example::v1::GreetReply>(daemon.node(), "/snow.example.v1.Greeter/Greet",
+                                                    request);
+  ASSERT_TRUE(await(*loop_, reply));
+  ASSERT_TRUE(reply.hasValue()) << errorOf(reply);
+  EXPECT_EQ(reply.value()->text(), "hello, ada");
+
+  // A method nobody registered is refused by name.
+  auto missing = client.call<example::v1::GreetReply>(daemon.node(),
+                                                      "/snow.example.v1.Greeter/Shout", request);
+  ASSERT_TRUE(await(*loop_, missing));
+  EXPECT_THAT(errorOf(missing), HasSubstr("UNIMPLEMENTED: this node serves no method "
+                                          "/snow.example.v1.Greeter/Shout"));
 }
 
 // ---- Events across nodes -----------------------------------------------------------------------

@@ -81,7 +81,7 @@ class Node {
 
   // Raises `type` with `payload` on `peer` (see above). The call is idempotent by its event id,
   // so UNAVAILABLE attempts are retried until the deadline.
-  Future<MessagePtr> dispatch(std::string_view peer, EventType type, MessagePtr payload,
+  Future<MessagePtr> dispatch(std::string_view peer, EventType type, const MessagePtr& payload,
                               CallOptions options = {});
 
   class Impl;
