@@ -85,6 +85,7 @@ class Relay final : public snow::ConfiguredModule<RelayConfig> {
 
   snow::Future<void> stop() override {
     timer_.reset();
+    delays_.clear();
     registration_.reset();
     sendRegistration_.reset();
     return snow::makeReadyFuture();
@@ -128,12 +129,14 @@ class Relay final : public snow::ConfiguredModule<RelayConfig> {
           }
           auto promise = std::make_shared<snow::Promise<snow::MessagePtr>>(context.loop());
           auto answer = promise->future();
-          auto timer = std::make_shared<snow::TimerPtr>();
-          *timer = context.loop().createTimer([promise, done, timer]() mutable {
+          const uint64_t key = nextDelay_++;
+          snow::TimerPtr& timer = delays_[key];
+          timer = context.loop().createTimer([this, &context, promise, done, key]() mutable {
             promise->setValue(std::move(done));
-            timer.reset();  // Breaks the cycle; the timer is freed after this callback.
+            // Not here: a timer must not free itself while it fires.
+            context.loop().schedule([this, key] { delays_.erase(key); });
           });
-          (*timer)->enable(delay);
+          timer->enable(delay);
           return answer;
         });
   }
@@ -198,6 +201,8 @@ class Relay final : public snow::ConfiguredModule<RelayConfig> {
   AppendFile handledFile_;
   AppendFile outcomeFile_;
   snow::TimerPtr timer_;
+  std::unordered_map<uint64_t, snow::TimerPtr> delays_;  // Answers waiting for handle_delay.
+  uint64_t nextDelay_ = 0;
   uint64_t sent_ = 0;
   uint64_t settled_ = 0;
   uint64_t ok_ = 0;
