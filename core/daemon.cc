@@ -103,6 +103,13 @@ core::v1::DaemonConfig Daemon::decodeDaemonSection(const config::Document& docum
 rpc::v1::RpcConfig Daemon::decodeRpcSection(const config::Document& document) const {
   rpc::v1::RpcConfig config;
   document.decode("rpc", config);
+  std::vector<std::string> problems = rpc::checkConfig(config, context_.posix());
+  if (!problems.empty()) {
+    for (auto& problem : problems) {
+      problem = fmt::format("{}: {}", document.sourceName(), problem);
+    }
+    throw config::ConfigError(std::move(problems));
+  }
   return config;
 }
 
@@ -116,7 +123,16 @@ void Daemon::startNode(const config::Document& document) {
     }
     return out;
   };
-  hooks.reload = [this] { return reload(); };
+  hooks.reload = [this] {
+    return reload().recover([this](const std::exception_ptr& error) -> Future<void> {
+      context_.logger().error(
+          "reload (asked through RPC) refused, the previous configuration "
+          "keeps serving: {}",
+          describe(error));
+      return makeErrorFuture<void>(error);
+    });
+  };
+  hooks.ready = [this] { return started_; };
   hooks.configSource = options_.configFile.empty() ? "built-in" : options_.configFile;
   node_ = std::make_unique<rpc::Node>(context_, config, std::move(hooks));
   node_->start();

@@ -30,6 +30,24 @@ using SystemTime = std::chrono::system_clock::time_point;
 
 constexpr std::string_view kPingMethod = "/snow.rpc.v1.Node/Ping";
 
+// Why gRPC would refuse this metadata entry, or empty. gRPC aborts the process when a call
+// carries an illegal key or value (call_op_set.h asserts), so entries are checked first.
+std::string checkMetadata(std::string_view key, std::string_view value) {
+  const bool keyOk = !key.empty() && std::all_of(key.begin(), key.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.';
+  });
+  if (!keyOk) {
+    return fmt::format("metadata key '{}' is not lower-case letters, digits, '-', '_' and '.'",
+                       key);
+  }
+  const bool binary = key.ends_with("-bin");  // Any bytes: gRPC sends them base64-encoded.
+  if (!binary &&
+      !std::all_of(value.begin(), value.end(), [](char c) { return c >= 0x20 && c < 0x7f; })) {
+    return fmt::format("the value of metadata key '{}' is not printable ASCII", key);
+  }
+  return "";
+}
+
 class MetadataWriter final : public opentracing::TextMapWriter {
  public:
   explicit MetadataWriter(grpc::ClientContext& context) : context_(context) {}
@@ -38,6 +56,9 @@ class MetadataWriter final : public opentracing::TextMapWriter {
     std::string lower(key.data(), key.size());
     std::transform(lower.begin(), lower.end(), lower.begin(),
                    [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    if (!checkMetadata(lower, std::string_view(value.data(), value.size())).empty()) {
+      return opentracing::make_unexpected(opentracing::invalid_carrier_error);
+    }
     context_.AddMetadata(lower, std::string(value.data(), value.size()));
     return {};
   }
@@ -46,8 +67,9 @@ class MetadataWriter final : public opentracing::TextMapWriter {
   grpc::ClientContext& context_;
 };
 
-// "unix:/path" or "host:port"; returns the reason it is not one, or empty.
-std::string checkAddress(std::string_view address) {
+}  // namespace
+
+std::string checkPeerAddress(std::string_view address) {
   if (address.starts_with("unix:")) {
     return address.size() > 5 ? "" : "the unix socket path is empty";
   }
@@ -61,6 +83,8 @@ std::string checkAddress(std::string_view address) {
   }
   return "";
 }
+
+namespace {
 
 uint64_t drawSeed() {
   uint64_t seed = 0;
@@ -124,6 +148,8 @@ class Client::Impl {
   ~Impl();
 
   Peer& peer(std::string_view address);
+  // peer(), or nullptr with `error` set when its channels cannot be made (unreadable TLS files).
+  Peer* peerOrNull(std::string_view address, std::string& error);
   void addMetadata(grpc::ClientContext& context, const CallOptions& options) const;
   SystemTime deadlineOf(const CallOptions& options, bool forStream) const;
   uint64_t nextSeed() { return random_(); }
@@ -174,7 +200,10 @@ class Client::Impl::UnaryCall final : public Call {
       if (attempting_) {
         context_->TryCancel();  // Its completion follows and frees the call.
       } else {
+        // Waiting to retry: nothing is in flight, the call goes now. Settle the promise first:
+        // destroying it unsettled would reject the caller's future with BrokenPromise.
         retry_.reset();
+        promise_.reject(Cancelled());
         client_.forget(this);
       }
     });
@@ -182,9 +211,15 @@ class Client::Impl::UnaryCall final : public Call {
     return future;
   }
 
+  void markInternal() { internal_ = true; }
+
   void cancelForShutdown() override {
     if (attempting_) {
       context_->TryCancel();
+    }
+    if (internal_ && !promise_.isSettled()) {
+      // A health ping: nobody will read it once the client is gone, so no rejection to report.
+      promise_.setValue(MessagePtr());
     }
     if (!promise_.isSettled()) {
       promise_.reject(
@@ -226,10 +261,9 @@ class Client::Impl::UnaryCall final : public Call {
       const auto now = std::chrono::system_clock::now();
       if (now + delay < deadline_) {
         lastError_ = fmt::format("{}: {}", codeName(code), status_.error_message());
-        retry_ = client_.loop_.createTimer([this] {
-          retry_.reset();
-          attempt();
-        });
+        if (!retry_) {  // Made once and re-armed: a timer must not free itself as it fires.
+          retry_ = client_.loop_.createTimer([this] { attempt(); });
+        }
         retry_->enable(delay);
         return;
       }
@@ -269,6 +303,7 @@ class Client::Impl::UnaryCall final : public Call {
   std::string lastError_;
   int attempts_ = 0;
   bool attempting_ = false;
+  bool internal_ = false;  // The client's own (a health ping), not a caller's.
   CompletionOf<UnaryCall, &UnaryCall::onFinished> finished_{this};
 };
 
@@ -440,6 +475,9 @@ Client::Impl::Peer& Client::Impl::peer(std::string_view address) {
   // Dead peers are found by keepalive pings on idle streams too (a watch that hears nothing).
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
+  // gRPC stops pinging after 2 pings without data by default: a quiet watch stream to a frozen
+  // peer would then hang for ever.
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   // Retries are ours (status.h), so that they follow our rules and show in our errors.
   args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
   args.SetMaxReceiveMessageSize(options_.maxMessageBytes);
@@ -468,6 +506,15 @@ Client::Impl::Peer& Client::Impl::peer(std::string_view address) {
   Peer& result = *peer;
   peers_.emplace(peer->address, std::move(peer));
   return result;
+}
+
+Client::Impl::Peer* Client::Impl::peerOrNull(std::string_view address, std::string& error) {
+  try {
+    return &peer(address);
+  } catch (const std::exception& e) {
+    error = e.what();
+    return nullptr;
+  }
 }
 
 void Client::Impl::addMetadata(grpc::ClientContext& context, const CallOptions& options) const {
@@ -519,6 +566,7 @@ void Client::Impl::ping(Peer& peer) {
   options.idempotent = false;  // One ping is one probe; the next interval is the retry.
   auto* call = new UnaryCall(*this, peer, kPingMethod, buffer,
                              snow::rpc::v1::PingReply::default_instance(), std::move(options));
+  call->markInternal();
   calls_.insert(call);
   const MonotonicTime sent = loop_.now();
   call->start()
@@ -563,17 +611,27 @@ Future<MessagePtr> Client::call(std::string_view peer, std::string_view method,
                                 const google::protobuf::Message& request,
                                 const google::protobuf::Message& replyPrototype,
                                 CallOptions options) {
-  if (std::string why = checkAddress(peer); !why.empty()) {
+  if (std::string why = checkPeerAddress(peer); !why.empty()) {
     return makeErrorFuture<MessagePtr>(
         RpcError(Code::InvalidArgument, fmt::format("bad peer address: {}", why), method, peer));
+  }
+  for (const auto& [key, value] : options.metadata) {
+    if (std::string why = checkMetadata(key, value); !why.empty()) {
+      return makeErrorFuture<MessagePtr>(RpcError(Code::InvalidArgument, why, method, peer));
+    }
   }
   grpc::ByteBuffer buffer;
   if (!detail::serialize(request, buffer)) {
     return makeErrorFuture<MessagePtr>(
         RpcError(Code::InvalidArgument, "the request could not be serialised", method, peer));
   }
-  auto* call = new Impl::UnaryCall(*impl_, impl_->peer(peer), method, buffer, replyPrototype,
-                                   std::move(options));
+  std::string error;
+  Impl::Peer* channels = impl_->peerOrNull(peer, error);
+  if (channels == nullptr) {  // Its TLS files could not be read.
+    return makeErrorFuture<MessagePtr>(RpcError(Code::FailedPrecondition, error, method, peer));
+  }
+  auto* call =
+      new Impl::UnaryCall(*impl_, *channels, method, buffer, replyPrototype, std::move(options));
   impl_->calls_.insert(call);
   return call->start();
 }
@@ -582,23 +640,33 @@ Future<void> Client::stream(std::string_view peer, std::string_view method,
                             const google::protobuf::Message& request,
                             const google::protobuf::Message& replyPrototype,
                             UniqueFunction<void(MessagePtr)> onMessage, CallOptions options) {
-  if (std::string why = checkAddress(peer); !why.empty()) {
+  if (std::string why = checkPeerAddress(peer); !why.empty()) {
     return makeErrorFuture<void>(
         RpcError(Code::InvalidArgument, fmt::format("bad peer address: {}", why), method, peer));
+  }
+  for (const auto& [key, value] : options.metadata) {
+    if (std::string why = checkMetadata(key, value); !why.empty()) {
+      return makeErrorFuture<void>(RpcError(Code::InvalidArgument, why, method, peer));
+    }
   }
   grpc::ByteBuffer buffer;
   if (!detail::serialize(request, buffer)) {
     return makeErrorFuture<void>(
         RpcError(Code::InvalidArgument, "the request could not be serialised", method, peer));
   }
-  auto* call = new Impl::StreamCall(*impl_, impl_->peer(peer), method, buffer, replyPrototype,
+  std::string error;
+  Impl::Peer* channels = impl_->peerOrNull(peer, error);
+  if (channels == nullptr) {
+    return makeErrorFuture<void>(RpcError(Code::FailedPrecondition, error, method, peer));
+  }
+  auto* call = new Impl::StreamCall(*impl_, *channels, method, buffer, replyPrototype,
                                     std::move(onMessage), std::move(options));
   impl_->calls_.insert(call);
   return call->start();
 }
 
 void Client::monitor(std::string_view address) {
-  if (std::string why = checkAddress(address); !why.empty()) {
+  if (std::string why = checkPeerAddress(address); !why.empty()) {
     throw std::invalid_argument(fmt::format("cannot monitor peer {}: {}", address, why));
   }
   Impl::Peer& peer = impl_->peer(address);
@@ -610,6 +678,14 @@ void Client::monitor(std::string_view address) {
   Impl* impl = impl_.get();
   peer.timer = impl_->loop_.createTimer([impl, &peer] { impl->ping(peer); });
   impl->ping(peer);
+}
+
+void Client::stopMonitoring() {
+  for (Impl::Peer* peer : impl_->monitoredOrder_) {
+    peer->timer.reset();
+    peer->monitored = false;
+  }
+  impl_->monitoredOrder_.clear();
 }
 
 void Client::onHealth(HealthCallback callback) {

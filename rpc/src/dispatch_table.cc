@@ -112,11 +112,14 @@ size_t DispatchTable::open() {
       } else if (line[0] == 'D' && secondSpace != std::string_view::npos) {
         const std::string_view rest = line.substr(secondSpace + 1);
         const auto space = rest.find(' ');
+        if (space == std::string_view::npos) {
+          ++torn;
+          continue;
+        }
         int code = 0;
-        auto [ptr, ec] = std::from_chars(rest.data(), rest.data() + rest.find(' '), code);
-        auto body =
-            space == std::string_view::npos ? std::nullopt : fromHex(rest.substr(space + 1));
-        if (ec != std::errc() || !body) {
+        auto [ptr, ec] = std::from_chars(rest.data(), rest.data() + space, code);
+        auto body = fromHex(rest.substr(space + 1));
+        if (ec != std::errc() || ptr != rest.data() + space || !body) {
           ++torn;
           continue;
         }
@@ -126,6 +129,8 @@ size_t DispatchTable::open() {
         }
         it->second.state = State::Done;
         it->second.answer = DispatchAnswer{static_cast<Code>(code), std::move(*body)};
+      } else if (line[0] == 'X') {
+        entries_.erase(*id);  // Its place in order_ is skipped when evicting and compacting.
       } else {
         ++torn;
         continue;
@@ -178,16 +183,41 @@ void DispatchTable::complete(const EventId& id, DispatchAnswer answer) {
   evict();
 }
 
+void DispatchTable::forget(const EventId& id, const DispatchAnswer& answer) {
+  auto it = entries_.find(id);
+  if (it == entries_.end()) {
+    return;
+  }
+  append(fmt::format("X {}\n", id.toString()));
+  auto waiters = std::exchange(it->second.waiters, {});
+  entries_.erase(it);
+  for (auto& waiter : waiters) {
+    if (!waiter.isSettled()) {
+      waiter.setValue(answer);
+    }
+  }
+}
+
 void DispatchTable::evict() {
-  while (entries_.size() > capacity_ && !order_.empty()) {
-    auto it = entries_.find(order_.front());
-    if (it != entries_.end() && it->second.state == State::Running) {
-      break;  // The oldest still runs: keep it (and everything younger) until it settles.
-    }
-    if (it != entries_.end()) {
-      entries_.erase(it);
-    }
+  // order_ also holds forgotten ids: trim it too, so that it stays bounded. A running entry is
+  // never evicted (its waiters need the answer); it moves to the back, so that a handler that
+  // never settles does not stop eviction of everything after it. Bounded: each id is looked at
+  // once per call.
+  for (size_t looked = order_.size();
+       looked > 0 && !order_.empty() &&
+       (entries_.size() > capacity_ || order_.size() > 2 * capacity_);
+       --looked) {
+    const EventId id = order_.front();
     order_.pop_front();
+    auto it = entries_.find(id);
+    if (it == entries_.end()) {
+      continue;
+    }
+    if (it->second.state == State::Running) {
+      order_.push_back(id);
+      continue;
+    }
+    entries_.erase(it);
   }
 }
 

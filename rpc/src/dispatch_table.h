@@ -9,7 +9,8 @@
 // The journal, when configured, is an append-only text file written before the handler runs
 // ("A <id>") and when it settled ("D <id> <code> <hex answer>"). It is not fsync()ed: it
 // survives the daemon being killed, not the machine losing power. It is rewritten (compacted)
-// when it holds more than twice `capacity` records.
+// when it holds more than 2 * capacity + 1024 records. "X <id>" forgets an id: its handler did
+// not run to an answer worth keeping (no handler, or it asked to be retried).
 //
 // Thread: loop thread. Errors: open() throws std::runtime_error naming the file.
 
@@ -51,6 +52,9 @@ class DispatchTable {
   void begin(const EventId& id);
   // Running -> Done; journals the answer and gives it to every waiter.
   void complete(const EventId& id, DispatchAnswer answer);
+  // Running -> New: gives `answer` to every waiter but keeps nothing, so that a retry runs the
+  // handler again.
+  void forget(const EventId& id, const DispatchAnswer& answer);
 
   [[nodiscard]] size_t size() const noexcept { return entries_.size(); }
   [[nodiscard]] const std::string& journalPath() const noexcept { return journalPath_; }

@@ -10,8 +10,10 @@
 #include <google/protobuf/util/json_util.h>
 #include <google/protobuf/util/time_util.h>
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
 
 #include "snow/contexts/static_context.h"
+#include "snow/core/net.h"
 #include "snow/rpc/v1/config.pb.h"
 #include "snow/rpc/v1/node.pb.h"
 
@@ -108,6 +110,48 @@ std::string toJson(const Message& message) {
 }
 
 }  // namespace
+
+std::vector<std::string> checkConfig(const v1::RpcConfig& config, posix::Posix& os) {
+  std::vector<std::string> problems;
+  if (!config.listen().empty()) {
+    try {
+      if (net::Address::parse(config.listen()).family() == AF_UNIX) {
+        problems.push_back(
+            fmt::format("rpc.listen: {} is a unix socket; use rpc.unix_socket", config.listen()));
+      }
+    } catch (const std::exception& e) {
+      problems.push_back(fmt::format("rpc.listen: {}", e.what()));
+    }
+  }
+  for (const auto& peer : config.peers()) {
+    if (std::string why = checkPeerAddress(peer); !why.empty()) {
+      problems.push_back(fmt::format("rpc.peers: '{}': {}", peer, why));
+    }
+  }
+  if (config.has_tls()) {
+    const auto& tls = config.tls();
+    const std::pair<const std::string*, const char*> files[] = {{&tls.cert_file(), "cert_file"},
+                                                                {&tls.key_file(), "key_file"},
+                                                                {&tls.ca_file(), "ca_file"}};
+    for (const auto& [path, name] : files) {
+      if (path->empty()) {
+        continue;
+      }
+      try {
+        (void)readPemFile(os, *path, name);
+      } catch (const std::exception& e) {
+        problems.push_back(fmt::format("rpc.tls.{}: {}", name, e.what()));
+      }
+    }
+    if (!config.listen().empty() && (tls.cert_file().empty() || tls.key_file().empty())) {
+      problems.push_back("rpc.tls: serving TLS on rpc.listen needs cert_file and key_file");
+    }
+    if (tls.require_client_cert() && tls.ca_file().empty()) {
+      problems.push_back("rpc.tls: require_client_cert needs ca_file");
+    }
+  }
+  return problems;
+}
 
 std::string defaultSocketPath(posix::Posix& os) {
   if (const char* chosen = os.getenv("SNOW_RPC_SOCKET").value; chosen != nullptr && *chosen) {
@@ -357,6 +401,11 @@ Future<MessagePtr> Node::Impl::onDispatch(const CallContext& call,
     case detail::DispatchTable::State::Interrupted:
       break;
   }
+  if (hooks_.ready && !hooks_.ready()) {
+    // Not yet (or no longer) running its modules: the handler may not be registered. The sender
+    // retries UNAVAILABLE; nothing is remembered.
+    throw RpcError(Code::Unavailable, fmt::format("node {} is not running its modules", id_));
+  }
   const bool redelivered = table_.state(*id) == detail::DispatchTable::State::Interrupted;
   EventType type = [&] {
     try {
@@ -376,14 +425,17 @@ Future<MessagePtr> Node::Impl::onDispatch(const CallContext& call,
       .raiseRemote(origin, type, std::move(payload))
       .whenSettled([this, id = *id, type](const Future<MessagePtr>& outcome) {
         detail::DispatchAnswer settled;
+        bool keep = true;  // Remembered for retries, or forgotten so that a retry runs again.
         if (outcome.hasError()) {
           try {
             std::rethrow_exception(outcome.error());
           } catch (const NoHandler&) {
             settled = {Code::NotFound,
                        fmt::format("node {} has no handler for event type '{}'", id_, type.name())};
+            keep = false;  // Nothing ran; a module may register the handler later.
           } catch (const RpcError& e) {
             settled = {e.code(), e.statusMessage()};
+            keep = !retryable(e.code());  // The handler asked to be tried again.
           } catch (...) {
             settled = {Code::Unknown, fmt::format("event {}({}) failed on node {}: {}", type.name(),
                                                   id.toString(), id_, describe(outcome.error()))};
@@ -395,7 +447,11 @@ Future<MessagePtr> Node::Impl::onDispatch(const CallContext& call,
           }
           settled = {Code::Ok, reply.SerializeAsString()};
         }
-        table_.complete(id, std::move(settled));
+        if (keep) {
+          table_.complete(id, std::move(settled));
+        } else {
+          table_.forget(id, settled);
+        }
       })
       .detach();
   return answer;
@@ -493,6 +549,7 @@ void Node::start() {
 
 Future<void> Node::stop(Duration grace) {
   impl_->registrations_.clear();
+  impl_->client_.stopMonitoring();
   if (!impl_->server_) {
     return makeReadyFuture();
   }

@@ -4,6 +4,7 @@
 #include <deque>
 #include <thread>
 #include <unordered_set>
+#include <utility>
 
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -91,6 +92,10 @@ class Server::Impl {
   int tcpPort_ = 0;
   bool accepting_ = false;
   std::thread shutdownThread_;
+  // stop(): resolved when the last call object is gone (forget()).
+  std::unique_ptr<Promise<void>> callsGone_;
+  // stop()'s continuations check it: the server may be destroyed before stop() resolved.
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 
  private:
   void prepareUnixSocket(const std::string& path);
@@ -132,6 +137,11 @@ class Server::Impl::Call final : public CallContext {
     if (streamState_) {
       streamState_->detach();
       streamState_->close();
+    }
+    // Destroyed with its handler still working (the server was destroyed without stop()): the
+    // handler is cancelled, as stop() would have. Its continuation finds alive_ gone.
+    if (handling_.valid()) {
+      handling_.cancel();
     }
   }
 
@@ -435,6 +445,9 @@ void Server::Impl::deleteCalls() {
 void Server::Impl::forget(Call* call) {
   calls_.erase(call);
   delete call;
+  if (calls_.empty() && callsGone_) {
+    std::exchange(callsGone_, nullptr)->setValue();
+  }
 }
 
 void Server::Impl::requestCall() {
@@ -454,6 +467,23 @@ void Server::Impl::prepareUnixSocket(const std::string& path) {
         made.errnum != 0 && made.errnum != EEXIST) {
       throw std::runtime_error(fmt::format("cannot create the directory of the RPC socket {}: {}",
                                            path, std::generic_category().message(made.errnum)));
+    }
+    // Whoever can write the directory can replace the socket and impersonate the daemon to
+    // snowctl: it must be ours (or root's), and writable by others only with the sticky bit
+    // (as /tmp), which keeps them from replacing our file.
+    struct stat dir {};
+    const auto checked = posix::tolerant([&] { return os_.stat(directory.c_str(), &dir); });
+    const auto uid = os_.geteuid().value;
+    if (checked.errnum != 0 || !S_ISDIR(dir.st_mode)) {
+      throw std::runtime_error(
+          fmt::format("cannot serve RPC on {}: {} is not a directory", path, directory));
+    }
+    if ((dir.st_uid != uid && dir.st_uid != 0) ||
+        ((dir.st_mode & (S_IWGRP | S_IWOTH)) != 0 && (dir.st_mode & S_ISVTX) == 0)) {
+      throw std::runtime_error(fmt::format(
+          "refusing to serve RPC on {}: its directory {} belongs to uid {} with mode {:o}; it must "
+          "belong to uid {} (or root) and not be writable by others",
+          path, directory, dir.st_uid, dir.st_mode & 07777, uid));
     }
   }
   struct stat info {};
@@ -572,10 +602,22 @@ Future<void> Server::Impl::stop(Duration grace) {
     loop_.post([shutDown] { shutDown->setValue(); });
   });
   return returned
-      .then([this] {
+      .then([this, alive = std::weak_ptr<bool>(alive_)] {
+        if (alive.expired()) {  // The destructor joined the thread and cancelled the calls.
+          throw std::runtime_error("the RPC server was destroyed before it stopped");
+        }
         shutdownThread_.join();
-        return pump_->shutdown();
+        // Shutdown() cancelled every call, but a cancelled call still finishes on the loop: its
+        // handler's future settles (cancelled), then it sends its status. Starting that operation
+        // on a completion queue already shut down aborts the process (gRPC asserts), so the
+        // queue goes only once every call object is gone.
+        if (calls_.empty()) {
+          return makeReadyFuture();
+        }
+        callsGone_ = std::make_unique<Promise<void>>(loop_);
+        return callsGone_->future();
       })
+      .then([this] { return pump_->shutdown(); })
       .then([this] { removeUnixSocket(); });
 }
 

@@ -6,6 +6,7 @@
 #include "snow/posix/active.h"
 
 #include "support/await.h"
+#include "support/throws.h"
 
 namespace snow {
 namespace {
@@ -18,14 +19,7 @@ class ContextsTest : public ::testing::Test {
   posix::ScopedInjector injector_{*layer_};
 };
 
-std::string logicErrorOf(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::logic_error& e) {
-    return e.what();
-  }
-  return "";
-}
+using snow::testing::logicErrorOf;
 
 TEST_F(ContextsTest, InstanceExistsExactlyWhileAStaticContextLives) {
   EXPECT_FALSE(StaticContext::exists());

@@ -166,6 +166,20 @@ TEST_F(RpcDaemonTest, AModuleServesItsOwnServiceBesideTheNodeService) {
                                           "/snow.example.v1.Greeter/Shout"));
 }
 
+TEST_F(RpcDaemonTest, CheckConfigFindsBadRpcSettingsBeforeStarting) {
+  const std::string config = dir_.file("node.yaml");
+  writeFile(config, fmt::format("rpc:\n  listen: 127.0.0.1:notaport\n  peers: [nowhere]\n"
+                                "  tls:\n    ca_file: {}\n",
+                                dir_.file("missing-ca.pem")));
+  auto [code, log] = runDaemon(*loop_, {"--config", config, "--check-config"});
+  EXPECT_EQ(code, 1) << log;
+  EXPECT_THAT(log, HasSubstr("rpc.listen:"));
+  EXPECT_THAT(log, HasSubstr("rpc.peers: 'nowhere': expected unix:/path/to/socket or host:port"));
+  EXPECT_THAT(log,
+              HasSubstr("rpc.tls.ca_file: cannot read the ca_file " + dir_.file("missing-ca.pem")));
+  EXPECT_THAT(log, HasSubstr("rpc.tls: serving TLS on rpc.listen needs cert_file and key_file"));
+}
+
 // ---- Events across nodes -----------------------------------------------------------------------
 
 TEST_F(RpcDaemonTest, DispatchedEventsKeepTheirParentAndSettleTheSendersEvents) {

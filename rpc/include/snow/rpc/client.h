@@ -9,8 +9,9 @@
 //
 // A failed attempt is retried, with jittered exponential backoff, only when its code is
 // retryable (status.h: UNAVAILABLE) and the call is idempotent, and only while the deadline
-// leaves time for it. Every call ends by its deadline: the future then rejects with RpcError
-// DEADLINE_EXCEEDED, naming method, peer and the last attempt's error.
+// leaves time for it. Every call ends by its deadline: the future rejects with RpcError
+// DEADLINE_EXCEEDED (naming method, peer and the last attempt's error), or with the last
+// attempt's code as soon as the next retry would not fit before the deadline.
 //
 // Health: monitor(peer) pings the peer every HealthOptions::interval; after `failures` failed
 // pings it is DOWN, after one good ping UP, and every change is reported to the onHealth
@@ -21,7 +22,8 @@
 //   - Thread: construct, call and destroy on the loop thread; futures settle on it.
 //   - Ownership: the client owns its completion-queue thread and channels. Destroying it cancels
 //     the calls in flight (their futures reject with CANCELLED).
-//   - Errors: calls reject with RpcError; a malformed address rejects with INVALID_ARGUMENT.
+//   - Errors: calls reject with RpcError; a malformed address rejects with INVALID_ARGUMENT, an
+//     unreadable TLS file with FAILED_PRECONDITION naming the file.
 
 #include <chrono>
 #include <cstdint>
@@ -65,8 +67,9 @@ struct ClientOptions {
 
 struct CallOptions {
   Duration timeout{0};  // 0: ClientOptions::defaultTimeout.
-  // Safe to send again after an UNAVAILABLE attempt? Set false for calls that must not repeat.
-  bool idempotent = true;
+  // Safe to send again after an UNAVAILABLE attempt? Off by default: whether a repeat is harmless
+  // is a property of the method (Node::dispatch() sets it: the receiver deduplicates).
+  bool idempotent = false;
   // The span this call is a child of; defaults to the current event's span (if any).
   const opentracing::SpanContext* traceParent = nullptr;
   std::vector<std::pair<std::string, std::string>> metadata;
@@ -74,6 +77,9 @@ struct CallOptions {
 
 enum class Health { Unknown, Up, Down };
 std::string_view healthName(Health health) noexcept;
+
+// Why `address` is not a peer address ("unix:/path" or "host:port"), or empty when it is one.
+std::string checkPeerAddress(std::string_view address);
 
 struct PeerHealth {
   std::string address;
@@ -116,8 +122,11 @@ class Client {
                       const google::protobuf::Message& replyPrototype,
                       UniqueFunction<void(MessagePtr)> onMessage, CallOptions options = {});
 
-  // Starts health checks of `peer` (idempotent); changes go to the health callback.
+  // Starts health checks of `peer` (idempotent); changes go to the health callback. Throws
+  // std::invalid_argument for a malformed address.
   void monitor(std::string_view peer);
+  // Stops every health check (a ping in flight still completes).
+  void stopMonitoring();
   void onHealth(HealthCallback callback);
   // Every monitored peer's state, in the order monitor() was first called.
   [[nodiscard]] std::vector<PeerHealth> health() const;

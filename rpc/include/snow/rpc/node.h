@@ -21,6 +21,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "snow/core/event.h"
 #include "snow/core/function.h"
@@ -46,6 +47,10 @@ inline constexpr std::string_view kReload = "/snow.rpc.v1.Node/Reload";
 inline constexpr std::string_view kDispatch = "/snow.rpc.v1.Node/Dispatch";
 inline constexpr std::string_view kWatch = "/snow.rpc.v1.Node/Watch";
 
+// What is wrong with an `rpc:` section that can be seen without serving (addresses, TLS files),
+// each problem naming its field; empty when nothing is. Used by --check-config and at start.
+std::vector<std::string> checkConfig(const v1::RpcConfig& config, posix::Posix& os);
+
 // The control socket used when the configuration names none (config.proto, unix_socket), and
 // snowctl's default node: $SNOW_RPC_SOCKET when set, else /run/snow-core/rpc.sock as root, else
 // $XDG_RUNTIME_DIR/snow-core/rpc.sock, else /tmp/snow-core-<uid>/rpc.sock.
@@ -60,6 +65,9 @@ class Node {
     };
     UniqueFunction<std::vector<Module>()> modules;
     UniqueFunction<Future<void>()> reload;
+    // Whether the modules are started: before and after, Dispatch answers UNAVAILABLE (so the
+    // sender retries) rather than NOT_FOUND from a handler not registered yet. Null: always.
+    UniqueFunction<bool()> ready;
     std::string configSource;
   };
 
@@ -71,7 +79,8 @@ class Node {
   // Listens, registers the Node service, starts health checks of the configured peers. Throws
   // std::runtime_error when it cannot listen or read the journal.
   void start();
-  // Stops serving (calls in flight get `grace`), then cancels what the client has in flight.
+  // Stops serving (calls in flight get `grace`) and stops the health checks. Calls the client
+  // has in flight run on; they are cancelled when the Node is destroyed.
   Future<void> stop(Duration grace = std::chrono::seconds(1));
 
   [[nodiscard]] Services& services() noexcept;

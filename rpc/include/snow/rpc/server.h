@@ -7,8 +7,9 @@
 // served from a Services table (services.h), through gRPC's generic service, so modules add
 // methods at run time with protobuf messages only.
 //
-// Endpoints: a unix socket (local control; its directory is created 0700, so only the daemon's
-// user can use it) and optionally a TCP address, with TLS or mutual TLS from PEM files.
+// Endpoints: a unix socket (local control: the socket is 0600; its directory, created 0700 when
+// missing, must belong to the daemon's user and not be writable by others, or start() refuses
+// it) and optionally a TCP address, with TLS or mutual TLS from PEM files.
 //
 // Contract:
 //   - Thread: construct, start(), stop() and destroy on the loop thread.

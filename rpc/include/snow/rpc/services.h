@@ -63,9 +63,9 @@ class ServerStream {
   virtual ~ServerStream() = default;
   // Queues `message` for the client. Returns false when the client is gone or too slow: the
   // stream keeps at most `kMaxQueued` messages, drops what does not fit and counts it
-  // (droppedSinceLastWrite()), so a slow reader never makes the node buffer without bound.
+  // (dropped()), so a slow reader never makes the node buffer without bound.
   virtual bool write(const google::protobuf::Message& message) = 0;
-  // Messages dropped since the last one that was queued.
+  // Messages dropped because the queue was full, since the stream began.
   [[nodiscard]] virtual uint64_t dropped() const = 0;
   // Resolves when the client cancelled or went away; the handler then settles its future.
   [[nodiscard]] virtual Future<void> closed() = 0;
