@@ -177,13 +177,13 @@ TEST_F(NodeTest, ARetryArrivingWhileTheHandlerRunsWaitsForTheSameAnswer) {
 
 TEST_F(NodeTest, AnAttemptThatTimedOutLeavesTheHandlerRunningForTheRetry) {
   rpc::CallOptions brief;
-  brief.timeout = 100ms;
+  brief.timeout = 500ms;  // Long enough to reach the handler even under a sanitizer.
   auto first = node_->client().call<pb::DispatchReply>(
       self(), rpc::kDispatch, dispatchRequest("00000000000000aa-b", "rpc-test.greet", "hold"),
       brief);
+  ASSERT_TRUE(awaitCondition(loop(), [&] { return held_.has_value(); }));
   ASSERT_TRUE(await(loop(), first));
   EXPECT_EQ(codeOf(first), rpc::Code::DeadlineExceeded) << errorOf(first);
-  ASSERT_TRUE(held_.has_value());
   auto retry = dispatch(dispatchRequest("00000000000000aa-b", "rpc-test.greet", "hold"));
   EXPECT_FALSE(loop().runUntil([&] { return retry.isReady(); }, 50ms));
   EXPECT_FALSE(heldCancelled_) << "the caller's timeout cancelled the event itself";
