@@ -143,7 +143,9 @@ std::vector<std::string> checkConfig(const v1::RpcConfig& config, posix::Posix& 
         problems.push_back(fmt::format("rpc.tls.{}: {}", name, e.what()));
       }
     }
-    if (!config.listen().empty() && (tls.cert_file().empty() || tls.key_file().empty())) {
+    if (tls.cert_file().empty() != tls.key_file().empty()) {
+      problems.push_back("rpc.tls: cert_file and key_file go together (one is set, not both)");
+    } else if (!config.listen().empty() && tls.cert_file().empty()) {
       problems.push_back("rpc.tls: serving TLS on rpc.listen needs cert_file and key_file");
     }
     if (tls.require_client_cert() && tls.ca_file().empty()) {
