@@ -143,7 +143,6 @@ class Client::Impl {
       options_.poolSize = 1;
     }
     detail::routeGrpcLogs();
-    pump_ = std::make_unique<detail::CompletionPump>(loop_, queue_, "rpc-client");
   }
   ~Impl();
 
@@ -444,7 +443,9 @@ Client::Impl::~Impl() {
   for (Call* call : calls) {
     call->cancelForShutdown();
   }
-  pump_->stopNow();  // Every cancelled operation completes; then the thread ends.
+  if (pump_) {
+    pump_->stopNow();  // Every cancelled operation completes; then the thread ends.
+  }
   for (Call* call : calls_) {
     delete call;
   }
@@ -460,6 +461,12 @@ void Client::Impl::forget(Call* call) {
 Client::Impl::Peer& Client::Impl::peer(std::string_view address) {
   if (auto it = peers_.find(address); it != peers_.end()) {
     return *it->second;
+  }
+  // The pump starts with the first peer, which every call needs. Not before: a thread idle in
+  // CompletionQueue::Next() is not free. gRPC passes the polling role around every such thread of
+  // the process, so it would be woken for each call the node's server serves.
+  if (!pump_) {
+    pump_ = std::make_unique<detail::CompletionPump>(loop_, queue_, "rpc-client");
   }
   auto peer = std::make_unique<Peer>();
   peer->address = std::string(address);

@@ -14,7 +14,7 @@ namespace {
 constexpr size_t kMaxBatch = 64;
 
 struct Ready {
-  void* tag;
+  Completion* completion;
   bool ok;
 };
 
@@ -35,18 +35,18 @@ void CompletionPump::run() {
   void* tag = nullptr;
   bool ok = false;
   while (queue_.Next(&tag, &ok)) {
-    batch.push_back({tag, ok});
+    batch.push_back({arrive(tag, ok), ok});
     while (batch.size() < kMaxBatch &&
            queue_.AsyncNext(&tag, &ok, gpr_time_0(GPR_CLOCK_MONOTONIC)) ==
                grpc::CompletionQueue::GOT_EVENT) {
-      batch.push_back({tag, ok});
+      batch.push_back({arrive(tag, ok), ok});
     }
     loop_.post([shared = shared_, ready = std::exchange(batch, {})] {
       if (!shared->open) {
         return;
       }
       for (const Ready& r : ready) {
-        static_cast<Completion*>(r.tag)->complete(r.ok);
+        r.completion->complete(r.ok);
       }
     });
   }
@@ -58,6 +58,26 @@ void CompletionPump::run() {
   });
 }
 
+void CompletionPump::stopArrivals() {
+  const std::lock_guard lock(closingMutex_);
+  closing_ = true;
+}
+
+Completion* CompletionPump::arrive(void* tag, bool ok) {
+  if ((reinterpret_cast<uintptr_t>(tag) & 1U) == 0) {
+    return static_cast<Completion*>(tag);
+  }
+  auto* completion = static_cast<Completion*>(static_cast<void*>(static_cast<char*>(tag) - 1));
+#if defined(__SANITIZE_THREAD__)
+  __tsan_acquire(completion);  // See withArrival().
+#endif
+  const std::lock_guard lock(closingMutex_);
+  if (!closing_) {
+    completion->arrived(ok);
+  }
+  return completion;
+}
+
 Future<void> CompletionPump::shutdown() {
   if (shutDown_) {
     return makeErrorFuture<void>(std::logic_error("CompletionPump::shutdown() called twice"));
@@ -65,6 +85,7 @@ Future<void> CompletionPump::shutdown() {
   shutDown_ = true;
   shared_->drained = std::make_unique<Promise<void>>(loop_);
   Future<void> done = shared_->drained->future();
+  stopArrivals();
   queue_.Shutdown();
   return done;
 }
@@ -72,6 +93,7 @@ Future<void> CompletionPump::shutdown() {
 void CompletionPump::stopNow() {
   if (!shutDown_) {
     shutDown_ = true;
+    stopArrivals();
     queue_.Shutdown();
   }
   if (thread_.joinable()) {

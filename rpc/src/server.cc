@@ -148,7 +148,7 @@ class Server::Impl::Call final : public CallContext {
   void request() {
     context_.AsyncNotifyWhenDone(&done_);
     server_.generic_.RequestCall(&context_, &stream_, server_.queue_.get(), server_.queue_.get(),
-                                 &requested_);
+                                 detail::withArrival(&requested_));
     ++pending_;
   }
 
@@ -172,6 +172,24 @@ class Server::Impl::Call final : public CallContext {
 
  private:
   friend class Impl::Stream;
+
+  // A new call's completion starts reading its request message at once, on the pump thread.
+  // The message has mostly arrived with the call, so the read completes in the same batch and
+  // the loop is woken once for the call and its request, not once for each.
+  class Requested final : public detail::Completion {
+   public:
+    explicit Requested(Call* call) : call_(call) {}
+    void arrived(bool ok) override {
+      if (ok) {
+        call_->stream_.Read(&call_->buffer_, &call_->read_);
+        call_->reading_ = true;
+      }
+    }
+    void complete(bool ok) override { call_->onRequested(ok); }
+
+   private:
+    Call* call_;
+  };
 
   void onRequested(bool ok);
   void onRead(bool ok);
@@ -204,7 +222,8 @@ class Server::Impl::Call final : public CallContext {
   int pending_ = 0;
   bool writing_ = false;
   bool finished_ = false;
-  CompletionOf<Call, &Call::onRequested> requested_{this};
+  bool reading_ = false;  // Set on the pump thread before onRequested() runs (Requested).
+  Requested requested_{this};
   CompletionOf<Call, &Call::onRead> read_{this};
   CompletionOf<Call, &Call::onWritten> written_{this};
   CompletionOf<Call, &Call::onFinished> finishedOp_{this};
@@ -223,8 +242,10 @@ void Server::Impl::Call::onRequested(bool ok) {
   if (server_.accepting_) {
     server_.requestCall();
   }
-  stream_.Read(&buffer_, &read_);
-  ++pending_;
+  // Not reading: the pump was shutting down, the call is cancelled and only done is to come.
+  if (reading_) {
+    ++pending_;
+  }
 }
 
 void Server::Impl::Call::onRead(bool ok) {

@@ -2,8 +2,9 @@
 
 // The RPC server: gRPC, asynchronous, with its handlers on the loop.
 //
-// One completion-queue thread waits for gRPC's completions and only posts them to the loop, in
-// batches; every handler, every read and every write decision runs on the loop thread. Calls are
+// One completion-queue thread waits for gRPC's completions and posts them to the loop, in
+// batches; every handler and every write decision runs on the loop thread (the pump only starts
+// reading a new call's request, so that call and request reach the loop together). Calls are
 // served from a Services table (services.h), through gRPC's generic service, so modules add
 // methods at run time with protobuf messages only.
 //
