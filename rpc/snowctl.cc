@@ -312,9 +312,10 @@ int main(int argc, char** argv) {
                  "the local daemon's socket)")
       ->capture_default_str();
   app.add_flag("--json", options.json, "print JSON instead of text");
+  // Ranges with readable bounds: CLI::PositiveNumber prints the largest double in its error.
   app.add_option("--timeout", options.timeoutSeconds, "seconds to wait for an answer")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(0.001, 86400.0));
   app.add_option("--tls-ca", options.tlsCa, "CA bundle (PEM) to verify a TCP node with TLS");
   app.add_option("--tls-cert", options.tlsCert, "client certificate (PEM) for mutual TLS");
   app.add_option("--tls-key", options.tlsKey, "client key (PEM) for mutual TLS");
@@ -326,7 +327,7 @@ int main(int argc, char** argv) {
   auto* ping = app.add_subcommand("ping", "round trips to the node");
   ping->add_option("-c,--count", options.pingCount, "how many pings")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(1, 1000000));
   auto* events = app.add_subcommand("events", "recent events, and new ones with --follow");
   events->add_flag("-f,--follow", options.follow, "keep printing new events until interrupted");
   events->add_option("--recent", options.recent, "how many recent events to show first (max 256)")
