@@ -2,6 +2,7 @@
 
 option(SNOW_BUILD_TESTS "Build the test suite" ON)
 option(SNOW_BUILD_BENCHMARKS "Build the benchmarks under tests/bench" ON)
+option(SNOW_FUZZ "Build the libFuzzer targets under tests/fuzz (needs clang)" OFF)
 set(SNOW_SANITIZE "" CACHE STRING "Sanitizers to build with: 'address;undefined' or 'thread'")
 
 set(SNOW_WARNINGS -Wall -Wextra -Wpedantic -Wshadow -Wnon-virtual-dtor -Wold-style-cast
