@@ -513,4 +513,12 @@ std::optional<int64_t> parseDurationNanos(std::string_view text) noexcept {
   return std::nullopt;
 }
 
+std::chrono::nanoseconds durationOr(const google::protobuf::Duration& value,
+                                    std::chrono::nanoseconds fallback) noexcept {
+  if (value.seconds() == 0 && value.nanos() == 0) {
+    return fallback;
+  }
+  return std::chrono::seconds(value.seconds()) + std::chrono::nanoseconds(value.nanos());
+}
+
 }  // namespace snow::config

@@ -26,13 +26,6 @@ namespace {
 
 constexpr Duration kDefaultStopTimeout = std::chrono::seconds(10);
 
-Duration toDuration(const google::protobuf::Duration& d, Duration fallback) {
-  if (d.seconds() == 0 && d.nanos() == 0) {
-    return fallback;
-  }
-  return std::chrono::seconds(d.seconds()) + std::chrono::nanoseconds(d.nanos());
-}
-
 // Runs `call` and turns a throw into a rejected future, so that every failure takes one path.
 template <typename F>
 Future<void> guarded(F&& call) {
@@ -141,7 +134,7 @@ void Daemon::startNode(const config::Document& document) {
 
 void Daemon::loadModules(const config::Document& document) {
   const core::v1::DaemonConfig daemon = decodeDaemonSection(document);
-  stopTimeout_ = toDuration(daemon.stop_timeout(), kDefaultStopTimeout);
+  stopTimeout_ = config::durationOr(daemon.stop_timeout(), kDefaultStopTimeout);
   if (!options_.modulesDirectory.empty()) {
     const auto policy = daemon.plugin_errors() == core::v1::DaemonConfig::SKIP
                             ? PluginErrorPolicy::Skip
@@ -294,7 +287,7 @@ Future<void> Daemon::reload() {
            const core::v1::DaemonConfig daemon = decodeDaemonSection(document);
            (void)decodeRpcSection(document);  // Checked; takes effect at the next start.
            return transaction(document).then([this, daemon] {
-             stopTimeout_ = toDuration(daemon.stop_timeout(), kDefaultStopTimeout);
+             stopTimeout_ = config::durationOr(daemon.stop_timeout(), kDefaultStopTimeout);
            });
          })
       .finally([this] { busy_ = false; });

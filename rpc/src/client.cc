@@ -149,6 +149,16 @@ class Client::Impl {
   Peer& peer(std::string_view address);
   // peer(), or nullptr with `error` set when its channels cannot be made (unreadable TLS files).
   Peer* peerOrNull(std::string_view address, std::string& error);
+
+  // What call() and stream() check and do before anything is sent: the peer's channels and the
+  // serialised request, or the error the call rejects with.
+  struct Prepared {
+    Peer* peer = nullptr;
+    grpc::ByteBuffer request;
+    std::optional<RpcError> error;
+  };
+  Prepared prepare(std::string_view peer, std::string_view method,
+                   const google::protobuf::Message& request, const CallOptions& options);
   void addMetadata(grpc::ClientContext& context, const CallOptions& options) const;
   SystemTime deadlineOf(const CallOptions& options, bool forStream) const;
   uint64_t nextSeed() { return random_(); }
@@ -614,31 +624,43 @@ const ClientOptions& Client::options() const noexcept {
   return impl_->options_;
 }
 
+Client::Impl::Prepared Client::Impl::prepare(std::string_view peer, std::string_view method,
+                                             const google::protobuf::Message& request,
+                                             const CallOptions& options) {
+  Prepared out;
+  auto fail = [&](Code code, std::string_view why) {
+    out.error = RpcError(code, why, method, peer);
+    return std::move(out);
+  };
+  if (std::string why = checkPeerAddress(peer); !why.empty()) {
+    return fail(Code::InvalidArgument, fmt::format("bad peer address: {}", why));
+  }
+  for (const auto& [key, value] : options.metadata) {
+    if (std::string why = checkMetadata(key, value); !why.empty()) {
+      return fail(Code::InvalidArgument, why);
+    }
+  }
+  if (!detail::serialize(request, out.request)) {
+    return fail(Code::InvalidArgument, "the request could not be serialised");
+  }
+  std::string error;
+  out.peer = peerOrNull(peer, error);
+  if (out.peer == nullptr) {  // Its TLS files could not be read.
+    return fail(Code::FailedPrecondition, error);
+  }
+  return out;
+}
+
 Future<MessagePtr> Client::call(std::string_view peer, std::string_view method,
                                 const google::protobuf::Message& request,
                                 const google::protobuf::Message& replyPrototype,
                                 CallOptions options) {
-  if (std::string why = checkPeerAddress(peer); !why.empty()) {
-    return makeErrorFuture<MessagePtr>(
-        RpcError(Code::InvalidArgument, fmt::format("bad peer address: {}", why), method, peer));
+  Impl::Prepared prepared = impl_->prepare(peer, method, request, options);
+  if (prepared.error) {
+    return makeErrorFuture<MessagePtr>(std::move(*prepared.error));
   }
-  for (const auto& [key, value] : options.metadata) {
-    if (std::string why = checkMetadata(key, value); !why.empty()) {
-      return makeErrorFuture<MessagePtr>(RpcError(Code::InvalidArgument, why, method, peer));
-    }
-  }
-  grpc::ByteBuffer buffer;
-  if (!detail::serialize(request, buffer)) {
-    return makeErrorFuture<MessagePtr>(
-        RpcError(Code::InvalidArgument, "the request could not be serialised", method, peer));
-  }
-  std::string error;
-  Impl::Peer* channels = impl_->peerOrNull(peer, error);
-  if (channels == nullptr) {  // Its TLS files could not be read.
-    return makeErrorFuture<MessagePtr>(RpcError(Code::FailedPrecondition, error, method, peer));
-  }
-  auto* call =
-      new Impl::UnaryCall(*impl_, *channels, method, buffer, replyPrototype, std::move(options));
+  auto* call = new Impl::UnaryCall(*impl_, *prepared.peer, method, prepared.request, replyPrototype,
+                                   std::move(options));
   impl_->calls_.insert(call);
   return call->start();
 }
@@ -647,27 +669,12 @@ Future<void> Client::stream(std::string_view peer, std::string_view method,
                             const google::protobuf::Message& request,
                             const google::protobuf::Message& replyPrototype,
                             UniqueFunction<void(MessagePtr)> onMessage, CallOptions options) {
-  if (std::string why = checkPeerAddress(peer); !why.empty()) {
-    return makeErrorFuture<void>(
-        RpcError(Code::InvalidArgument, fmt::format("bad peer address: {}", why), method, peer));
+  Impl::Prepared prepared = impl_->prepare(peer, method, request, options);
+  if (prepared.error) {
+    return makeErrorFuture<void>(std::move(*prepared.error));
   }
-  for (const auto& [key, value] : options.metadata) {
-    if (std::string why = checkMetadata(key, value); !why.empty()) {
-      return makeErrorFuture<void>(RpcError(Code::InvalidArgument, why, method, peer));
-    }
-  }
-  grpc::ByteBuffer buffer;
-  if (!detail::serialize(request, buffer)) {
-    return makeErrorFuture<void>(
-        RpcError(Code::InvalidArgument, "the request could not be serialised", method, peer));
-  }
-  std::string error;
-  Impl::Peer* channels = impl_->peerOrNull(peer, error);
-  if (channels == nullptr) {
-    return makeErrorFuture<void>(RpcError(Code::FailedPrecondition, error, method, peer));
-  }
-  auto* call = new Impl::StreamCall(*impl_, *channels, method, buffer, replyPrototype,
-                                    std::move(onMessage), std::move(options));
+  auto* call = new Impl::StreamCall(*impl_, *prepared.peer, method, prepared.request,
+                                    replyPrototype, std::move(onMessage), std::move(options));
   impl_->calls_.insert(call);
   return call->start();
 }

@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 
 #include "snow/contexts/static_context.h"
+#include "snow/core/config.h"
 #include "snow/core/net.h"
 #include "snow/rpc/v1/config.pb.h"
 #include "snow/rpc/v1/node.pb.h"
@@ -25,13 +26,6 @@ namespace {
 using google::protobuf::util::TimeUtil;
 namespace pb = snow::rpc::v1;
 
-Duration durationOr(const google::protobuf::Duration& d, Duration fallback) {
-  if (d.seconds() == 0 && d.nanos() == 0) {
-    return fallback;
-  }
-  return std::chrono::seconds(d.seconds()) + std::chrono::nanoseconds(d.nanos());
-}
-
 google::protobuf::Duration toProto(Duration d) {
   return TimeUtil::NanosecondsToDuration(
       std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
@@ -42,25 +36,33 @@ google::protobuf::Timestamp toProto(std::chrono::system_clock::time_point t) {
       std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count());
 }
 
+TlsFiles tlsFilesOf(const pb::TlsConfig& tls) {
+  return TlsFiles{tls.cert_file(), tls.key_file(), tls.ca_file(), tls.require_client_cert(),
+                  tls.server_name()};
+}
+
 ClientOptions clientOptionsOf(const pb::RpcConfig& config, StaticContext& context) {
   ClientOptions options;
   const auto& backoff = config.backoff();
-  options.backoff.initial = durationOr(backoff.initial(), options.backoff.initial);
-  options.backoff.max = durationOr(backoff.max(), options.backoff.max);
+  options.backoff.initial = snow::config::durationOr(backoff.initial(), options.backoff.initial);
+  options.backoff.max = snow::config::durationOr(backoff.max(), options.backoff.max);
   options.backoff.minConnectTimeout =
-      durationOr(backoff.min_connect_timeout(), options.backoff.minConnectTimeout);
+      snow::config::durationOr(backoff.min_connect_timeout(), options.backoff.minConnectTimeout);
   if (backoff.multiplier() > 0) {
     options.backoff.multiplier = backoff.multiplier();
   }
   if (backoff.jitter() > 0) {
     options.backoff.jitter = backoff.jitter();
   }
-  options.health.interval = durationOr(config.health().interval(), options.health.interval);
-  options.health.timeout = durationOr(config.health().timeout(), options.health.timeout);
+  options.health.interval =
+      snow::config::durationOr(config.health().interval(), options.health.interval);
+  options.health.timeout =
+      snow::config::durationOr(config.health().timeout(), options.health.timeout);
   if (config.health().failures() != 0) {
     options.health.failures = config.health().failures();
   }
-  options.defaultTimeout = durationOr(config.default_timeout(), options.defaultTimeout);
+  options.defaultTimeout =
+      snow::config::durationOr(config.default_timeout(), options.defaultTimeout);
   if (config.pool_size() != 0) {
     options.poolSize = config.pool_size();
   }
@@ -68,9 +70,7 @@ ClientOptions clientOptionsOf(const pb::RpcConfig& config, StaticContext& contex
     options.maxMessageBytes = static_cast<int>(config.max_message_bytes());
   }
   if (config.has_tls()) {
-    const auto& tls = config.tls();
-    options.tls = TlsFiles{tls.cert_file(), tls.key_file(), tls.ca_file(),
-                           tls.require_client_cert(), tls.server_name()};
+    options.tls = tlsFilesOf(config.tls());
   }
   options.tracer = std::shared_ptr<opentracing::Tracer>(std::shared_ptr<void>(), &context.tracer());
   return options;
@@ -267,9 +267,7 @@ void Node::Impl::start() {
                                                          : config_.unix_socket();
   options.tcpListen = config_.listen();
   if (config_.has_tls()) {
-    const auto& tls = config_.tls();
-    options.tls = TlsFiles{tls.cert_file(), tls.key_file(), tls.ca_file(),
-                           tls.require_client_cert(), tls.server_name()};
+    options.tls = tlsFilesOf(config_.tls());
   }
   if (config_.max_message_bytes() != 0) {
     options.maxMessageBytes = static_cast<int>(config_.max_message_bytes());
@@ -391,7 +389,8 @@ Future<MessagePtr> Node::Impl::onDispatch(const CallContext& call,
     throw RpcError(Code::InvalidArgument,
                    fmt::format("'{}' is not an event id", request.event_id()));
   }
-  switch (table_.state(*id)) {
+  const detail::DispatchTable::State state = table_.state(*id);
+  switch (state) {
     case detail::DispatchTable::State::Done:
       ++deduplicated_;
       return makeReadyFuture<MessagePtr>(replyOf(table_.answer(*id), true));
@@ -408,7 +407,7 @@ Future<MessagePtr> Node::Impl::onDispatch(const CallContext& call,
     // retries UNAVAILABLE; nothing is remembered.
     throw RpcError(Code::Unavailable, fmt::format("node {} is not running its modules", id_));
   }
-  const bool redelivered = table_.state(*id) == detail::DispatchTable::State::Interrupted;
+  const bool redelivered = state == detail::DispatchTable::State::Interrupted;
   EventType type = [&] {
     try {
       return EventType::of(request.type());

@@ -14,6 +14,7 @@
 #include <fmt/format.h>
 
 #include "snow/contexts/static_context.h"
+#include "snow/core/config.h"
 #include "snow/core/module.h"
 #include "snow/posix/file_descriptor.h"
 #include "snow/rpc/node.h"
@@ -22,13 +23,6 @@
 namespace {
 
 using snow::test::v1::RelayConfig;
-
-snow::Duration durationOf(const google::protobuf::Duration& d, snow::Duration fallback) {
-  if (d.seconds() == 0 && d.nanos() == 0) {
-    return fallback;
-  }
-  return std::chrono::seconds(d.seconds()) + std::chrono::nanoseconds(d.nanos());
-}
 
 class AppendFile {
  public:
@@ -123,7 +117,8 @@ class Relay final : public snow::ConfiguredModule<RelayConfig> {
           auto done = std::make_shared<snow::test::v1::WorkDone>();
           done->set_n(work->n());
           done->set_node(context.node().id());
-          const snow::Duration delay = durationOf(config_.handle_delay(), snow::Duration(0));
+          const snow::Duration delay =
+              snow::config::durationOr(config_.handle_delay(), snow::Duration(0));
           if (delay.count() == 0) {
             return snow::makeReadyFuture<snow::MessagePtr>(std::move(done));
           }
@@ -149,13 +144,13 @@ class Relay final : public snow::ConfiguredModule<RelayConfig> {
         snow::EventType::of("test.send"),
         [this, &context](const snow::EventPtr& event) -> snow::Future<snow::MessagePtr> {
           snow::rpc::CallOptions options;
-          options.timeout = durationOf(config_.timeout(), std::chrono::seconds(20));
+          options.timeout = snow::config::durationOr(config_.timeout(), std::chrono::seconds(20));
           localIds_[event->payloadAs<snow::test::v1::Work>()->n()] = event->id();
           return context.node().dispatch(config_.peer(), snow::EventType::of("test.work"),
                                          event->payload(), options);
         });
     timer_ = context.loop().createTimer([this, &context] { tick(context); });
-    timer_->enable(durationOf(config_.interval(), std::chrono::milliseconds(2)));
+    timer_->enable(snow::config::durationOr(config_.interval(), std::chrono::milliseconds(2)));
   }
 
   void tick(snow::StaticContext& context) {
@@ -189,7 +184,7 @@ class Relay final : public snow::ConfiguredModule<RelayConfig> {
           .detach();
     }
     if (sent_ < config_.count()) {
-      timer_->enable(durationOf(config_.interval(), std::chrono::milliseconds(2)));
+      timer_->enable(snow::config::durationOr(config_.interval(), std::chrono::milliseconds(2)));
     }
   }
 

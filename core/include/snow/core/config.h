@@ -16,6 +16,7 @@
 //
 // Thread: a Document is immutable after parsing; decode() may be called from any thread.
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -24,6 +25,7 @@
 #include <string_view>
 #include <vector>
 
+#include <google/protobuf/duration.pb.h>
 #include <google/protobuf/message.h>
 
 #include "snow/posix/posix.h"
@@ -78,6 +80,11 @@ class Document {
   std::unique_ptr<YAML::Node> root_;
   std::string sourceName_;
 };
+
+// A Duration field's value, or `fallback` when it is unset (zero): how a section gives a duration
+// its default (`stop_timeout:` absent or `0s` means the documented default).
+std::chrono::nanoseconds durationOr(const google::protobuf::Duration& value,
+                                    std::chrono::nanoseconds fallback) noexcept;
 
 // Parses "250ms", "10s", "1.5m", "2h", "100us" into nanoseconds; nullopt when malformed.
 std::optional<int64_t> parseDurationNanos(std::string_view text) noexcept;
