@@ -1,5 +1,6 @@
 #include "snow/contexts/static_context.h"
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "snow/core/tracing.h"
@@ -65,6 +66,15 @@ uint64_t StaticContext::randomOrigin(posix::Posix& os) {
     }
   }
   return origin;
+}
+
+void StaticContext::setTracer(std::shared_ptr<opentracing::Tracer> tracer) {
+  events_->setTracer(tracer);
+  tracer_ = events_->tracerPtr();
+}
+
+std::string StaticContext::nodeId() const {
+  return fmt::format("{:016x}", origin_);
 }
 
 rpc::Node& StaticContext::node() const {

@@ -9,9 +9,12 @@
 #include <sys/un.h>
 
 #include "snow/core/v1/daemon.pb.h"
+#include "snow/core/v1/tracing.pb.h"
 #include "snow/posix/file_descriptor.h"
 #include "snow/rpc/node.h"
 #include "snow/rpc/v1/config.pb.h"
+
+#include "tracing_setup.h"
 
 namespace snow {
 
@@ -71,9 +74,9 @@ config::Document Daemon::readConfiguration() const {
 core::v1::DaemonConfig Daemon::decodeDaemonSection(const config::Document& document) const {
   std::vector<std::string> problems;
   for (const auto& section : document.keys("")) {
-    if (section != "daemon" && section != "modules" && section != "rpc") {
+    if (section != "daemon" && section != "modules" && section != "rpc" && section != "tracing") {
       problems.push_back(fmt::format(
-          "{}: {}: unknown section{}; the sections are 'daemon', 'rpc' and "
+          "{}: {}: unknown section{}; the sections are 'daemon', 'rpc', 'tracing' and "
           "'modules'",
           document.sourceName(), section,
           section.size() > 3 && (section.starts_with("dae") || section.starts_with("dea"))
@@ -93,17 +96,55 @@ core::v1::DaemonConfig Daemon::decodeDaemonSection(const config::Document& docum
   return daemon;
 }
 
-rpc::v1::RpcConfig Daemon::decodeRpcSection(const config::Document& document) const {
-  rpc::v1::RpcConfig config;
-  document.decode("rpc", config);
-  std::vector<std::string> problems = rpc::checkConfig(config, context_.posix());
+namespace {
+
+// Decodes the section `key` and lets `check` find its problems; throws ConfigError with all of
+// them, each prefixed with the file.
+template <typename Message, typename Check>
+Message decodeChecked(const config::Document& document, const char* key, Check&& check) {
+  Message section;
+  document.decode(key, section);
+  std::vector<std::string> problems = check(section);
   if (!problems.empty()) {
     for (auto& problem : problems) {
       problem = fmt::format("{}: {}", document.sourceName(), problem);
     }
     throw config::ConfigError(std::move(problems));
   }
-  return config;
+  return section;
+}
+
+}  // namespace
+
+rpc::v1::RpcConfig Daemon::decodeRpcSection(const config::Document& document) const {
+  return decodeChecked<rpc::v1::RpcConfig>(document, "rpc", [this](const auto& section) {
+    return rpc::checkConfig(section, context_.posix());
+  });
+}
+
+core::v1::TracingConfig Daemon::decodeTracingSection(const config::Document& document) const {
+  return decodeChecked<core::v1::TracingConfig>(document, "tracing", [this](const auto& section) {
+    return checkTracingConfig(section, context_.posix());
+  });
+}
+
+void Daemon::startTracing(const config::Document& document) {
+  const core::v1::TracingConfig config = decodeTracingSection(document);
+  uint64_t seed = 0;
+  if (auto r = context_.posix().getrandom(&seed, sizeof(seed), 0); !r.ok()) {
+    seed = 0;  // The tracer derives one from the clock; ids stay unique within the process.
+  }
+  TracingSetup setup =
+      makeTracer(config, context_.nodeId(), SNOW_VERSION, seed, context_.loggerPtr());
+  context_.setTracer(std::move(setup.tracer));
+  tracingDescription_ = std::move(setup.description);
+  context_.logger().info("tracing: {}", tracingDescription_);
+}
+
+void Daemon::closeTracing() {
+  // Exports what is queued, within the section's shutdown_timeout: the last thing the daemon
+  // does, so that the spans of the shutdown itself are in.
+  context_.tracer().Close();
 }
 
 void Daemon::startNode(const config::Document& document) {
@@ -127,6 +168,7 @@ void Daemon::startNode(const config::Document& document) {
   };
   hooks.ready = [this] { return started_; };
   hooks.configSource = options_.configFile.empty() ? "built-in" : options_.configFile;
+  hooks.tracing = tracingDescription_;
   node_ = std::make_unique<rpc::Node>(context_, config, std::move(hooks));
   node_->start();
   context_.setNode(node_.get());
@@ -241,6 +283,7 @@ Future<void> Daemon::start() {
   busy_ = true;  // A SIGHUP during start-up must not run a second transaction beside this one.
   return guarded([this] {
            config::Document document = readConfiguration();
+           startTracing(document);
            loadModules(document);
            startNode(document);
            return transaction(document);
@@ -266,6 +309,7 @@ Future<void> Daemon::check() {
     config::Document document = readConfiguration();
     loadModules(document);
     (void)decodeRpcSection(document);
+    (void)decodeTracingSection(document);
     auto configs = std::make_shared<Configs>(decodeSections(document));
     return verifyAll(*configs).finally([configs] {});
   });
@@ -285,7 +329,9 @@ Future<void> Daemon::reload() {
            // The daemon section is checked like the modules' (a reload with a broken one is
            // refused); stop_timeout takes effect, plugin_errors only at the next start.
            const core::v1::DaemonConfig daemon = decodeDaemonSection(document);
-           (void)decodeRpcSection(document);  // Checked; takes effect at the next start.
+           // Checked; they take effect at the next start.
+           (void)decodeRpcSection(document);
+           (void)decodeTracingSection(document);
            return transaction(document).then([this, daemon] {
              stopTimeout_ = config::durationOr(daemon.stop_timeout(), kDefaultStopTimeout);
            });
@@ -294,14 +340,16 @@ Future<void> Daemon::reload() {
 }
 
 Future<void> Daemon::stop() {
-  return stopModules().then([this] {
-    if (!node_) {
-      return makeReadyFuture();
-    }
-    return node_->stop().recover([this](const std::exception_ptr& error) {
-      context_.logger().error("RPC did not stop cleanly: {}", describe(error));
-    });
-  });
+  return stopModules()
+      .then([this] {
+        if (!node_) {
+          return makeReadyFuture();
+        }
+        return node_->stop().recover([this](const std::exception_ptr& error) {
+          context_.logger().error("RPC did not stop cleanly: {}", describe(error));
+        });
+      })
+      .finally([this] { closeTracing(); });
 }
 
 Future<void> Daemon::stopModules() {

@@ -183,6 +183,14 @@ EventTree::EventTree(Dispatcher& loop, std::shared_ptr<opentracing::Tracer> trac
 
 EventTree::~EventTree() = default;
 
+void EventTree::setTracer(std::shared_ptr<opentracing::Tracer> tracer) {
+  if (live_ != 0) {
+    throw std::logic_error(fmt::format("the tracer cannot change while {} events are live", live_));
+  }
+  tracer_ = tracer ? std::move(tracer) : tracing::noopTracer();
+  tagSpans_ = !tracing::isNoop(*tracer_);
+}
+
 EventTree::Registration EventTree::on(EventType type, Handler handler) {
   if (type.index() >= handlers_.size()) {
     handlers_.resize(type.index() + 1);

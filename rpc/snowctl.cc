@@ -162,6 +162,16 @@ int Ctl::status() {
   fmt::print("events     {} live, {} dispatches deduplicated\n", status->live_events(),
              status->dispatch_deduplicated());
   fmt::print("listening  {}\n", fmt::join(status->listening(), ", "));
+  const auto& tracing = status->tracing();
+  fmt::print("tracing    {}\n", tracing.tracer().empty() ? "off" : tracing.tracer());
+  if (tracing.own()) {
+    fmt::print(
+        "           {} spans exported, {} queued, {} dropped (queue full), {} refused by the "
+        "collector, {} failed export attempts{}\n",
+        tracing.exported(), tracing.queued(), tracing.dropped(), tracing.rejected(),
+        tracing.failed_exports(),
+        tracing.last_error().empty() ? "" : " (last: " + tracing.last_error() + ")");
+  }
   if (status->peers().empty()) {
     fmt::print("peers      none monitored\n");
   }

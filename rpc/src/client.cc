@@ -19,6 +19,7 @@
 #include "snow/posix/active.h"
 #include "snow/rpc/v1/node.pb.h"
 
+#include "call_span.h"
 #include "completion_pump.h"
 #include "grpc_glue.h"
 
@@ -159,7 +160,12 @@ class Client::Impl {
   };
   Prepared prepare(std::string_view peer, std::string_view method,
                    const google::protobuf::Message& request, const CallOptions& options);
-  void addMetadata(grpc::ClientContext& context, const CallOptions& options) const;
+  // The call's span (call_span.h): child of options.traceParent or the current event's span.
+  std::unique_ptr<opentracing::Span> startSpan(std::string_view method, std::string_view peer,
+                                               const CallOptions& options) const;
+  // The caller's metadata, and the trace context of `span` (when the call is traced).
+  void addMetadata(grpc::ClientContext& context, const CallOptions& options,
+                   const opentracing::Span* span) const;
   SystemTime deadlineOf(const CallOptions& options, bool forStream) const;
   uint64_t nextSeed() { return random_(); }
   void forget(Call* call);
@@ -212,10 +218,12 @@ class Client::Impl::UnaryCall final : public Call {
         // Waiting to retry: nothing is in flight, the call goes now. Settle the promise first:
         // destroying it unsettled would reject the caller's future with BrokenPromise.
         retry_.reset();
+        detail::endCallSpan(span_, Code::Cancelled, "cancelled by the caller");
         promise_.reject(Cancelled());
         client_.forget(this);
       }
     });
+    span_ = client_.startSpan(method_, peer_.address, options_);
     attempt();
     return future;
   }
@@ -231,8 +239,7 @@ class Client::Impl::UnaryCall final : public Call {
       promise_.setValue(MessagePtr());
     }
     if (!promise_.isSettled()) {
-      promise_.reject(
-          RpcError(Code::Cancelled, "the RPC client was shut down", method_, peer_.address));
+      fail(Code::Cancelled, "the RPC client was shut down");
     }
   }
 
@@ -240,7 +247,7 @@ class Client::Impl::UnaryCall final : public Call {
   void attempt() {
     context_ = std::make_unique<grpc::ClientContext>();
     context_->set_deadline(deadline_);
-    client_.addMetadata(*context_, options_);
+    client_.addMetadata(*context_, options_, span_.get());
     reader_ = peer_.stub().PrepareUnaryCall(context_.get(), method_, request_, &client_.queue_);
     reader_->StartCall();
     reader_->Finish(&response_, &status_, &finished_);
@@ -251,12 +258,14 @@ class Client::Impl::UnaryCall final : public Call {
   void onFinished(bool /*ok*/) {
     attempting_ = false;
     if (promise_.isSettled()) {  // Cancelled by the caller, or the client shut down.
+      detail::endCallSpan(span_, Code::Cancelled, "cancelled by the caller");
       client_.forget(this);
       return;
     }
     if (status_.ok()) {
       std::shared_ptr<Message> reply(replyPrototype_.New());
       if (detail::parse(response_, *reply)) {
+        detail::endCallSpan(span_, Code::Ok, "");
         promise_.setValue(std::move(reply));
       } else {
         fail(Code::Internal, fmt::format("the reply is not a valid {}", reply->GetTypeName()));
@@ -270,6 +279,9 @@ class Client::Impl::UnaryCall final : public Call {
       const auto now = std::chrono::system_clock::now();
       if (now + delay < deadline_) {
         lastError_ = fmt::format("{}: {}", codeName(code), status_.error_message());
+        if (span_) {
+          span_->Log({{"event", "retry"}, {"attempt", attempts_ + 1}, {"message", lastError_}});
+        }
         if (!retry_) {  // Made once and re-armed: a timer must not free itself as it fires.
           retry_ = client_.loop_.createTimer([this] { attempt(); });
         }
@@ -292,6 +304,7 @@ class Client::Impl::UnaryCall final : public Call {
   }
 
   void fail(Code code, std::string_view message) {
+    detail::endCallSpan(span_, code, message);
     promise_.reject(RpcError(code, message, method_, peer_.address));
   }
 
@@ -304,6 +317,7 @@ class Client::Impl::UnaryCall final : public Call {
   SystemTime deadline_;
   Backoff backoff_;
   Promise<MessagePtr> promise_;
+  std::unique_ptr<opentracing::Span> span_;  // Over every attempt; null when not traced.
   std::unique_ptr<grpc::ClientContext> context_;
   std::unique_ptr<grpc::GenericClientAsyncResponseReader> reader_;
   grpc::ByteBuffer response_;
@@ -337,7 +351,8 @@ class Client::Impl::StreamCall final : public Call {
     if (options_.timeout.count() != 0) {
       context_.set_deadline(client_.deadlineOf(options_, true));
     }
-    client_.addMetadata(context_, options_);
+    span_ = client_.startSpan(method_, peer_.address, options_);
+    client_.addMetadata(context_, options_, span_.get());
     stream_ = peer_.stub().PrepareCall(&context_, method_, &client_.queue_);
     stream_->StartCall(&started_);
     ++pending_;
@@ -347,6 +362,7 @@ class Client::Impl::StreamCall final : public Call {
   void cancelForShutdown() override {
     context_.TryCancel();
     if (!promise_.isSettled()) {
+      detail::endCallSpan(span_, Code::Cancelled, "the RPC client was shut down");
       promise_.reject(
           RpcError(Code::Cancelled, "the RPC client was shut down", method_, peer_.address));
     }
@@ -409,10 +425,13 @@ class Client::Impl::StreamCall final : public Call {
     --pending_;
     if (!promise_.isSettled()) {
       if (!protocolError_.empty()) {
+        detail::endCallSpan(span_, Code::Internal, protocolError_);
         promise_.reject(RpcError(Code::Internal, protocolError_, method_, peer_.address));
       } else if (status_.ok()) {
+        detail::endCallSpan(span_, Code::Ok, "");
         promise_.setValue();
       } else {
+        detail::endCallSpan(span_, detail::codeOf(status_), status_.error_message());
         promise_.reject(
             RpcError(detail::codeOf(status_), status_.error_message(), method_, peer_.address));
       }
@@ -428,6 +447,7 @@ class Client::Impl::StreamCall final : public Call {
   UniqueFunction<void(MessagePtr)> onMessage_;
   CallOptions options_;
   Promise<void> promise_;
+  std::unique_ptr<opentracing::Span> span_;  // Null when not traced.
   grpc::ClientContext context_;
   std::unique_ptr<grpc::GenericClientAsyncReaderWriter> stream_;
   grpc::ByteBuffer buffer_;
@@ -534,20 +554,27 @@ Client::Impl::Peer* Client::Impl::peerOrNull(std::string_view address, std::stri
   }
 }
 
-void Client::Impl::addMetadata(grpc::ClientContext& context, const CallOptions& options) const {
-  for (const auto& [key, value] : options.metadata) {
-    context.AddMetadata(key, value);
-  }
+std::unique_ptr<opentracing::Span> Client::Impl::startSpan(std::string_view method,
+                                                           std::string_view peer,
+                                                           const CallOptions& options) const {
   if (!injectTraces_) {
-    return;
+    return nullptr;
   }
   const opentracing::SpanContext* parent = options.traceParent;
   if (parent == nullptr && EventTree::current() != nullptr) {
     parent = &EventTree::current()->span().context();
   }
-  if (parent != nullptr) {
+  return detail::startCallSpan(*tracer_, detail::Side::Client, method, peer, parent);
+}
+
+void Client::Impl::addMetadata(grpc::ClientContext& context, const CallOptions& options,
+                               const opentracing::Span* span) const {
+  for (const auto& [key, value] : options.metadata) {
+    context.AddMetadata(key, value);
+  }
+  if (span != nullptr) {
     MetadataWriter writer(context);
-    (void)tracer_->Inject(*parent, writer);
+    (void)tracer_->Inject(span->context(), writer);
   }
 }
 

@@ -15,6 +15,7 @@
 #include "snow/contexts/static_context.h"
 #include "snow/core/config.h"
 #include "snow/core/net.h"
+#include "snow/core/tracer.h"
 #include "snow/rpc/v1/config.pb.h"
 #include "snow/rpc/v1/node.pb.h"
 
@@ -72,7 +73,7 @@ ClientOptions clientOptionsOf(const pb::RpcConfig& config, StaticContext& contex
   if (config.has_tls()) {
     options.tls = tlsFilesOf(config.tls());
   }
-  options.tracer = std::shared_ptr<opentracing::Tracer>(std::shared_ptr<void>(), &context.tracer());
+  options.tracer = context.tracerPtr();
   return options;
 }
 
@@ -178,7 +179,7 @@ class Node::Impl {
         table_(context.posix(),
                config.dispatch().dedup_entries() != 0 ? config.dispatch().dedup_entries() : 100000,
                config.dispatch().journal()),
-        id_(fmt::format("{:016x}", context.origin())),
+        id_(context.nodeId()),
         started_(std::chrono::system_clock::now()) {}
 
   void start();
@@ -367,6 +368,20 @@ MessagePtr Node::Impl::status() {
     *peer->mutable_round_trip() = toProto(health.roundTrip);
   }
   reply->set_dispatch_deduplicated(deduplicated_);
+  pb::TracingStatus* tracing = reply->mutable_tracing();
+  tracing->set_tracer(hooks_.tracing);
+  if (tracing::Tracer* own = tracing::asOwnTracer(context_.tracer())) {
+    const tracing::TracerStats stats = own->stats();
+    tracing->set_own(true);
+    tracing->set_started(stats.started);
+    tracing->set_finished(stats.finished);
+    tracing->set_exported(stats.exported);
+    tracing->set_dropped(stats.dropped);
+    tracing->set_rejected(stats.rejected);
+    tracing->set_failed_exports(stats.failedExports);
+    tracing->set_queued(stats.queued);
+    tracing->set_last_error(stats.lastError);
+  }
   return reply;
 }
 

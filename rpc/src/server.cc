@@ -22,6 +22,7 @@
 #include "snow/posix/checked_posix.h"
 #include "snow/posix/file_descriptor.h"
 
+#include "call_span.h"
 #include "completion_pump.h"
 #include "grpc_glue.h"
 
@@ -161,7 +162,7 @@ class Server::Impl::Call final : public CallContext {
                                 : std::string_view(it->second.data(), it->second.size());
   }
   [[nodiscard]] const opentracing::SpanContext* traceParent() const override {
-    return traceParent_.get();
+    return span_ ? &span_->context() : traceParent_.get();
   }
   [[nodiscard]] std::chrono::system_clock::time_point deadline() const override {
     return context_.deadline();
@@ -214,7 +215,8 @@ class Server::Impl::Call final : public CallContext {
   grpc::GenericServerContext context_;
   grpc::GenericServerAsyncReaderWriter stream_;
   grpc::ByteBuffer buffer_;
-  std::unique_ptr<opentracing::SpanContext> traceParent_;
+  std::unique_ptr<opentracing::SpanContext> traceParent_;  // The caller's, from the metadata.
+  std::unique_ptr<opentracing::Span> span_;                // This call's, child of traceParent_.
   std::shared_ptr<Stream> streamState_;
   std::optional<grpc::Status> finishAfterWrites_;
   Future<void> handling_;        // The handler's outcome, while it is pending.
@@ -274,6 +276,8 @@ void Server::Impl::Call::handle(Services::Method& method) {
     MetadataReader reader(context_.client_metadata());
     if (auto extracted = server_.tracer_->Extract(reader); extracted && *extracted) {
       traceParent_ = std::move(*extracted);
+      span_ = detail::startCallSpan(*server_.tracer_, detail::Side::Server, context_.method(),
+                                    context_.peer(), traceParent_.get());
     }
   }
   if (method.unary) {
@@ -337,6 +341,7 @@ void Server::Impl::Call::reply(const Future<MessagePtr>& outcome) {
     return;
   }
   finished_ = true;
+  detail::endCallSpan(span_, Code::Ok, "");
   stream_.WriteAndFinish(buffer_, grpc::WriteOptions(), grpc::Status::OK, &finishedOp_);
   ++pending_;
 }
@@ -359,6 +364,7 @@ void Server::Impl::Call::finish(const grpc::Status& status) {
   if (streamState_) {
     streamState_->queue_.clear();
   }
+  detail::endCallSpan(span_, detail::codeOf(status), status.error_message());
   stream_.Finish(status, &finishedOp_);
   ++pending_;
 }

@@ -614,7 +614,7 @@ TEST_F(CallTest, MessagesOverTheSizeLimitAreResourceExhausted) {
   EXPECT_EQ(codeOf(tooBigAReply), rpc::Code::ResourceExhausted) << errorOf(tooBigAReply);
 }
 
-TEST_F(CallTest, TheCallersSpanReachesTheHandlerThroughMetadata) {
+TEST_F(CallTest, ACallIsAClientAndAServerSpanBetweenTheCallerAndTheHandler) {
   using namespace opentracing::mocktracer;
   auto* recorder = new InMemoryRecorder();
   MockTracerOptions tracerOptions;
@@ -642,13 +642,53 @@ TEST_F(CallTest, TheCallersSpanReachesTheHandlerThroughMetadata) {
   ASSERT_TRUE(await(*loop_, reply));
   ASSERT_TRUE(reply.hasValue()) << errorOf(reply);
   caller->Finish();
+  // caller -> client span -> (metadata) -> server span -> handler, one trace.
   const auto spans = recorder->spans();
-  ASSERT_EQ(spans.size(), 2U);
-  const SpanData& handler = spans[0].operation_name == "handler" ? spans[0] : spans[1];
-  const SpanData& root = spans[0].operation_name == "handler" ? spans[1] : spans[0];
-  EXPECT_EQ(handler.span_context.trace_id, root.span_context.trace_id);
-  ASSERT_EQ(handler.references.size(), 1U);
-  EXPECT_EQ(handler.references[0].span_id, root.span_context.span_id);
+  ASSERT_EQ(spans.size(), 4U);
+  auto named = [&](const std::string& name) -> const SpanData& {
+    for (const auto& span : spans) {
+      if (span.operation_name == name) {
+        return span;
+      }
+    }
+    ADD_FAILURE() << "no span named " << name;
+    return spans[0];
+  };
+  const std::string method = std::string(kEcho).substr(1);
+  // Tags hold whichever string type the instrumentation passed.
+  auto text = [](const opentracing::Value& value) -> std::string {
+    if (value.is<std::string>()) {
+      return value.get<std::string>();
+    }
+    if (value.is<opentracing::string_view>()) {
+      const auto v = value.get<opentracing::string_view>();
+      return {v.data(), v.size()};
+    }
+    return value.is<const char*>() ? value.get<const char*>() : "";
+  };
+  const SpanData& root = named("caller");
+  const SpanData* client = nullptr;
+  const SpanData* server = nullptr;
+  for (const auto& span : spans) {
+    if (span.operation_name == method) {
+      const auto kind = span.tags.find("span.kind");
+      ASSERT_NE(kind, span.tags.end());
+      (text(kind->second) == "client" ? client : server) = &span;
+    }
+  }
+  ASSERT_NE(client, nullptr);
+  ASSERT_NE(server, nullptr);
+  const SpanData& handler = named("handler");
+  for (const SpanData* span : {client, server, &handler}) {
+    EXPECT_EQ(span->span_context.trace_id, root.span_context.trace_id);
+    ASSERT_EQ(span->references.size(), 1U);
+  }
+  EXPECT_EQ(client->references[0].span_id, root.span_context.span_id);
+  EXPECT_EQ(server->references[0].span_id, client->span_context.span_id);
+  EXPECT_EQ(handler.references[0].span_id, server->span_context.span_id);
+  EXPECT_EQ(text(server->tags.at("span.kind")), "server");
+  EXPECT_EQ(text(server->tags.at("rpc.system")), "grpc");
+  EXPECT_EQ(server->tags.at("rpc.grpc.status_code"), opentracing::Value(0));
 }
 
 TEST_F(CallTest, StartTwiceIsALogicErrorAndStopTwiceIsHarmless) {

@@ -57,6 +57,15 @@ class StaticContext {
     return logger_;
   }
   [[nodiscard]] opentracing::Tracer& tracer() const noexcept { return *tracer_; }
+  [[nodiscard]] const std::shared_ptr<opentracing::Tracer>& tracerPtr() const noexcept {
+    return tracer_;
+  }
+  // Replaces the tracer (null: the noop one), as the daemon does once it read the `tracing:`
+  // section. Call before anything started a span: the event tree refuses (std::logic_error)
+  // while events are live, and components made earlier keep the tracer they were given.
+  void setTracer(std::shared_ptr<opentracing::Tracer> tracer);
+  // This node's id in logs, RPC answers and traces: the event id origin in 16 hex digits.
+  [[nodiscard]] std::string nodeId() const;
   [[nodiscard]] uint64_t origin() const noexcept { return origin_; }
 
   // The current configuration generation, or nullptr before the first one was installed.

@@ -12,8 +12,9 @@
 //           stop serving RPC.
 //
 // The RPC node (rpc/node.h) starts serving after the plugins loaded and before the transaction,
-// so that modules can add services and reach peers from apply() and start() on. Like `daemon:`,
-// the `rpc:` section is read at start-up only.
+// so that modules can add services and reach peers from apply() and start() on. The tracer of the
+// `tracing:` section is made first of all, and closed (flushing its spans) last in stop(). Like
+// `daemon:`, the `rpc:` and `tracing:` sections are read at start-up only.
 //
 // The transaction (module.h): decode every module's section (all problems reported at once) ->
 // every module verify()s, concurrently -> every module apply()s into the next generation, in
@@ -38,6 +39,7 @@
 namespace snow {
 namespace core::v1 {
 class DaemonConfig;
+class TracingConfig;
 }  // namespace core::v1
 namespace rpc {
 class Node;
@@ -82,6 +84,12 @@ class Daemon {
   [[nodiscard]] core::v1::DaemonConfig decodeDaemonSection(const config::Document& document) const;
   // The `rpc:` section (rpc/proto/snow/rpc/v1/config.proto).
   [[nodiscard]] rpc::v1::RpcConfig decodeRpcSection(const config::Document& document) const;
+  // The `tracing:` section (core/proto/snow/core/v1/tracing.proto).
+  [[nodiscard]] core::v1::TracingConfig decodeTracingSection(
+      const config::Document& document) const;
+  // Makes the tracer of the `tracing:` section the context's, before anything starts a span.
+  void startTracing(const config::Document& document);
+  void closeTracing();
   // Makes the RPC node from the `rpc:` section and starts serving.
   void startNode(const config::Document& document);
   Future<void> stopModules();
@@ -99,6 +107,7 @@ class Daemon {
   PluginLoader loader_;
   std::vector<Loaded> modules_;  // Declared after loader_: destroyed before the plugins unload.
   std::unique_ptr<rpc::Node> node_;
+  std::string tracingDescription_ = "off";
   Duration stopTimeout_;
   bool started_ = false;
   bool busy_ = false;  // A transaction is running: another reload is refused, not queued.

@@ -216,6 +216,12 @@ class EventTree {
 
   [[nodiscard]] Dispatcher& loop() const noexcept { return *loop_; }
   [[nodiscard]] opentracing::Tracer& tracer() const noexcept { return *tracer_; }
+  // Replaces the tracer (null: the noop one), which the daemon chooses from its configuration.
+  // Throws std::logic_error while events are live: their spans belong to the old tracer.
+  void setTracer(std::shared_ptr<opentracing::Tracer> tracer);
+  [[nodiscard]] const std::shared_ptr<opentracing::Tracer>& tracerPtr() const noexcept {
+    return tracer_;
+  }
   [[nodiscard]] uint64_t origin() const noexcept { return origin_; }
   [[nodiscard]] size_t liveEvents() const noexcept { return live_; }
 

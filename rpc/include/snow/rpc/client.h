@@ -41,7 +41,7 @@
 #include "snow/core/event.h"
 #include "snow/core/function.h"
 #include "snow/core/future.h"
-#include "snow/rpc/backoff.h"
+#include "snow/core/backoff.h"
 #include "snow/rpc/server.h"
 #include "snow/rpc/status.h"
 

@@ -69,6 +69,7 @@ class Node {
     // sender retries) rather than NOT_FOUND from a handler not registered yet. Null: always.
     UniqueFunction<bool()> ready;
     std::string configSource;
+    std::string tracing = "off";  // What the tracer exports to, for the status.
   };
 
   Node(StaticContext& context, const v1::RpcConfig& config, Hooks hooks);

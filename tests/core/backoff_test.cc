@@ -1,15 +1,13 @@
 // Backoff: exponential growth, the cap, the jitter bounds and reset (backoff.h).
 
-#include "snow/rpc/backoff.h"
+#include "snow/core/backoff.h"
 
 #include <chrono>
 #include <set>
 
 #include <gtest/gtest.h>
 
-#include "snow/rpc/status.h"
-
-namespace snow::rpc {
+namespace snow {
 namespace {
 
 using std::chrono::milliseconds;
@@ -94,20 +92,5 @@ TEST(BackoffTest, AnOutOfRangeJitterIsClampedToTheDelayItself) {
   }
 }
 
-TEST(StatusTest, OnlyUnavailableIsRetryableAndNamesAreGrpcs) {
-  EXPECT_TRUE(retryable(Code::Unavailable));
-  EXPECT_FALSE(retryable(Code::DeadlineExceeded));
-  EXPECT_FALSE(retryable(Code::Internal));
-  EXPECT_FALSE(retryable(Code::Unknown));
-  EXPECT_EQ(codeName(Code::Ok), "OK");
-  EXPECT_EQ(codeName(Code::DeadlineExceeded), "DEADLINE_EXCEEDED");
-  EXPECT_EQ(codeName(Code::Unauthenticated), "UNAUTHENTICATED");
-  EXPECT_EQ(codeName(static_cast<Code>(99)), "UNKNOWN");
-  const RpcError error(Code::Unavailable, "connection refused", "/a.B/C", "unix:/x.sock");
-  EXPECT_STREQ(error.what(), "/a.B/C on unix:/x.sock: UNAVAILABLE: connection refused");
-  EXPECT_EQ(error.statusMessage(), "connection refused");
-  EXPECT_EQ(error.code(), Code::Unavailable);
-}
-
 }  // namespace
-}  // namespace snow::rpc
+}  // namespace snow

@@ -1,8 +1,8 @@
-#include "snow/rpc/backoff.h"
+#include "snow/core/backoff.h"
 
 #include <algorithm>
 
-namespace snow::rpc {
+namespace snow {
 
 Duration Backoff::next() {
   const auto initial = static_cast<double>(policy_.initial.count());
@@ -13,4 +13,4 @@ Duration Backoff::next() {
   return Duration(static_cast<Duration::rep>(current_ * spread(random_)));
 }
 
-}  // namespace snow::rpc
+}  // namespace snow

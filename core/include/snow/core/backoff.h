@@ -14,7 +14,7 @@
 
 #include "snow/core/dispatcher.h"
 
-namespace snow::rpc {
+namespace snow {
 
 struct BackoffPolicy {
   Duration initial = std::chrono::seconds(1);
@@ -40,4 +40,4 @@ class Backoff {
   double current_ = 0;  // Nanoseconds of the last un-jittered delay; 0 before the first.
 };
 
-}  // namespace snow::rpc
+}  // namespace snow

@@ -1,0 +1,216 @@
+#include "span_pipeline.h"
+
+#include <algorithm>
+
+#include <fmt/chrono.h>
+#include <spdlog/spdlog.h>
+
+namespace snow::tracing {
+namespace {
+
+// After the first failure is logged, a collector that stays down is reported this often.
+constexpr Duration kStillFailingLogInterval = std::chrono::minutes(1);
+
+}  // namespace
+
+SpanPipeline::SpanPipeline(const TracerOptions& options, std::unique_ptr<SpanExporter> exporter,
+                           std::vector<Attribute> resource)
+    : options_(options),
+      exporter_(std::move(exporter)),
+      resource_(std::move(resource)),
+      logger_(options.logger ? options.logger : spdlog::default_logger()),
+      destination_(exporter_->describe()) {
+  stats_.destination = destination_;
+  queue_.reserve(options_.batchSize);
+  thread_ = std::thread([this] { run(); });
+}
+
+SpanPipeline::~SpanPipeline() {
+  stop();
+}
+
+void SpanPipeline::push(SpanData&& span) noexcept {
+  const std::lock_guard lock(mutex_);
+  ++stats_.finished;
+  if (closing_ || queue_.size() + inFlight_ >= options_.queueSize) {
+    ++stats_.dropped;
+    return;
+  }
+  queue_.push_back(std::move(span));
+  // Once per batch, not per span: the thread wakes on its own every batchDelay.
+  if (queue_.size() == options_.batchSize) {
+    wake_.notify_one();
+  }
+}
+
+bool SpanPipeline::flush(Duration timeout) noexcept {
+  std::unique_lock lock(mutex_);
+  if (closing_) {
+    return false;
+  }
+  flushWanted_ = true;
+  wake_.notify_one();
+  return settled_.wait_for(lock, timeout, [this] {
+    return closed_ || (queue_.empty() && inFlight_ == 0);
+  }) && !closed_;
+}
+
+void SpanPipeline::stop() noexcept {
+  const std::lock_guard closer(closeMutex_);
+  if (!thread_.joinable()) {
+    return;
+  }
+  {
+    const std::lock_guard lock(mutex_);
+    closing_ = true;
+    closeDeadline_ = Clock::now() + options_.shutdownTimeout;
+  }
+  wake_.notify_one();
+  thread_.join();
+}
+
+TracerStats SpanPipeline::stats() const {
+  const std::lock_guard lock(mutex_);
+  TracerStats stats = stats_;
+  stats.queued = queue_.size() + inFlight_;
+  return stats;
+}
+
+void SpanPipeline::run() {
+  std::unique_lock lock(mutex_);
+  std::vector<SpanData> batch;
+  batch.reserve(options_.batchSize);
+  while (true) {
+    wake_.wait_for(lock, options_.batchDelay, [this] {
+      return closing_ || flushWanted_ || queue_.size() >= options_.batchSize;
+    });
+    reportDrops(lock, false);
+    if (queue_.empty()) {
+      flushWanted_ = false;
+      settled_.notify_all();
+      if (closing_) {
+        break;
+      }
+      continue;
+    }
+    if (queue_.size() <= options_.batchSize) {
+      batch.swap(queue_);
+    } else {
+      const auto end = queue_.begin() + static_cast<std::ptrdiff_t>(options_.batchSize);
+      std::move(queue_.begin(), end, std::back_inserter(batch));
+      queue_.erase(queue_.begin(), end);
+    }
+    inFlight_ = batch.size();
+    exportBatch(lock, batch);
+    inFlight_ = 0;
+    batch.clear();
+    if (closing_ && Clock::now() >= closeDeadline_) {
+      stats_.unsent += queue_.size();
+      queue_.clear();
+    }
+    if (queue_.empty()) {
+      settled_.notify_all();
+    }
+  }
+  reportDrops(lock, true);
+  if (stats_.unsent > 0) {
+    const uint64_t unsent = stats_.unsent;
+    lock.unlock();
+    logger_->error("tracing: {} spans were not exported to {} before the shutdown deadline ({})",
+                   unsent, destination_, options_.shutdownTimeout);
+    lock.lock();
+  }
+  closed_ = true;
+  settled_.notify_all();
+}
+
+void SpanPipeline::exportBatch(std::unique_lock<std::mutex>& lock,
+                               std::span<const SpanData> batch) {
+  Backoff backoff(options_.retry, options_.seed ^ 0x5bd1e995ULL);
+  uint64_t failures = 0;
+  Clock::time_point lastFailureLog;
+  while (true) {
+    Clock::time_point deadline = Clock::now() + options_.exportTimeout;
+    if (closing_) {
+      deadline = std::min(deadline, closeDeadline_);
+    }
+    lock.unlock();
+    const SpanExporter::Result result = exporter_->exportSpans(batch, resource_, deadline);
+    lock.lock();
+    using Outcome = SpanExporter::Result::Outcome;
+    if (result.outcome == Outcome::Exported) {
+      const uint64_t rejected = std::min<uint64_t>(result.rejected, batch.size());
+      stats_.exported += batch.size() - rejected;
+      stats_.rejected += rejected;
+      stats_.lastError.clear();
+      lock.unlock();
+      if (failures > 0) {
+        logger_->info("tracing: exporting to {} again, after {} failed attempt{}", destination_,
+                      failures, failures == 1 ? "" : "s");
+      }
+      if (rejected > 0) {
+        logger_->warn("tracing: {} refused {} of {} spans: {}", destination_, rejected,
+                      batch.size(), result.error);
+      }
+      lock.lock();
+      return;
+    }
+    if (result.outcome == Outcome::Rejected) {
+      stats_.rejected += batch.size();
+      stats_.lastError = result.error;
+      lock.unlock();
+      logger_->error("tracing: {} refused a batch of {} spans, which is dropped: {}", destination_,
+                     batch.size(), result.error);
+      lock.lock();
+      return;
+    }
+    ++failures;
+    ++stats_.failedExports;
+    stats_.lastError = result.error;
+    const Clock::time_point now = Clock::now();
+    if (closing_ && now >= closeDeadline_) {
+      stats_.unsent += batch.size();
+      return;
+    }
+    Duration delay = backoff.next();
+    if (closing_) {
+      delay = std::min<Duration>(delay, closeDeadline_ - now);
+    }
+    if (failures == 1 || now - lastFailureLog >= kStillFailingLogInterval) {
+      lastFailureLog = now;
+      const size_t queued = queue_.size() + batch.size();
+      lock.unlock();
+      logger_->warn(
+          "tracing: cannot export {} spans to {}: {}; retrying in {} ({} spans queued, at most "
+          "{} are kept)",
+          batch.size(), destination_, result.error,
+          std::chrono::duration_cast<std::chrono::milliseconds>(delay), queued, options_.queueSize);
+      lock.lock();
+    }
+    // close() cuts the wait short: the shutdown deadline may be nearer than the backoff.
+    const bool wasClosing = closing_;
+    wake_.wait_for(lock, delay, [&] { return closing_ != wasClosing; });
+  }
+}
+
+void SpanPipeline::reportDrops(std::unique_lock<std::mutex>& lock, bool now) {
+  const uint64_t dropped = stats_.dropped;
+  if (dropped == dropsReported_) {
+    return;
+  }
+  const Clock::time_point at = Clock::now();
+  if (!now && at - lastDropReport_ < options_.dropLogInterval) {
+    return;
+  }
+  const uint64_t fresh = dropped - dropsReported_;
+  dropsReported_ = dropped;
+  lastDropReport_ = at;
+  lock.unlock();
+  logger_->warn(
+      "tracing: dropped {} finished span{} because the export queue was full ({} spans); {} "
+      "dropped since start",
+      fresh, fresh == 1 ? "" : "s", options_.queueSize, dropped);
+  lock.lock();
+}
+
+}  // namespace snow::tracing
