@@ -8,6 +8,7 @@
 
 #include "snow/core/config.h"
 #include "snow/core/tracer.h"
+#include "snow/posix/checked_posix.h"
 #include "snow/rpc/otlp_exporter.h"
 
 namespace snow {
@@ -50,8 +51,8 @@ tracing::Sampler samplerOf(const v1::TracingConfig& config) {
   return sampler;
 }
 
-// Keeps a loaded library mapped for as long as its tracer lives, and closes the tracer (which
-// flushes what it buffered) before the library goes.
+// Keeps a loaded library mapped for as long as its tracer lives. Closing the tracer is the
+// daemon's (Daemon::stop()): a second Close() is not harmless for every library.
 struct LoadedTracer {
   std::shared_ptr<opentracing::Tracer> tracer;
   std::unique_ptr<opentracing::DynamicTracingLibraryHandle> library;
@@ -60,10 +61,7 @@ struct LoadedTracer {
   LoadedTracer(const LoadedTracer&) = delete;
   LoadedTracer& operator=(const LoadedTracer&) = delete;
   ~LoadedTracer() {
-    if (tracer) {
-      tracer->Close();
-    }
-    tracer.reset();
+    tracer.reset();  // Its code lives in the library: gone before the library is unloaded.
     library.reset();
   }
 };
@@ -118,7 +116,7 @@ std::vector<std::string> checkTracingConfig(const v1::TracingConfig& config, pos
   }
   const auto mustExist = [&](const std::string& path, const char* key) {
     struct stat st {};
-    if (auto r = os.stat(path.c_str(), &st); !r.ok()) {
+    if (auto r = posix::tolerant([&] { return os.stat(path.c_str(), &st); }); !r.ok()) {
       problems.push_back(fmt::format("tracing.{}: {}: {}", key, path, std::strerror(r.errnum)));
     }
   };

@@ -22,10 +22,10 @@ std::unique_ptr<opentracing::Span> startCallSpan(const opentracing::Tracer& trac
                            side == Side::Client ? opentracing::ext::span_kind_rpc_client
                                                 : opentracing::ext::span_kind_rpc_server),
        opentracing::SetTag("rpc.system", "grpc"),
-       opentracing::SetTag("rpc.service", opentracing::string_view(service.data(), service.size())),
-       opentracing::SetTag("rpc.method", opentracing::string_view(bare.data(), bare.size())),
-       opentracing::SetTag(opentracing::ext::peer_address,
-                           opentracing::string_view(peer.data(), peer.size()))});
+       // Owned strings: a tracer may keep a tag's value until the span is long finished.
+       opentracing::SetTag("rpc.service", std::string(service)),
+       opentracing::SetTag("rpc.method", std::string(bare)),
+       opentracing::SetTag(opentracing::ext::peer_address, std::string(peer))});
   return span;
 }
 
@@ -37,7 +37,7 @@ void endCallSpan(std::unique_ptr<opentracing::Span>& span, Code code, std::strin
   if (code != Code::Ok) {
     span->SetTag(opentracing::ext::error, true);
     span->Log({{"event", "error"},
-               {"message", opentracing::string_view(message.data(), message.size())},
+               {"message", std::string(message)},
                {"rpc.grpc.status", std::string(codeName(code))}});
   }
   span->Finish();

@@ -504,11 +504,7 @@ Client::Impl::Peer& Client::Impl::peer(std::string_view address) {
   grpc::ChannelArguments args;
   // Each channel of the pool gets its own connection rather than sharing one.
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
-              static_cast<int>(millis(options_.backoff.initial)));
-  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, static_cast<int>(millis(options_.backoff.max)));
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
-              static_cast<int>(millis(options_.backoff.minConnectTimeout)));
+  detail::setReconnect(args, options_.backoff);
   // Dead peers are found by keepalive pings on idle streams too (a watch that hears nothing).
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);

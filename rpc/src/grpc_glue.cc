@@ -24,6 +24,16 @@ void routeGrpcLogs() {
   std::call_once(once, [] { gpr_set_log_function(&toSpdlog); });
 }
 
+void setReconnect(grpc::ChannelArguments& args, const BackoffPolicy& policy) {
+  const auto ms = [](Duration d) {
+    return static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(d).count());
+  };
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, ms(policy.initial));
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, ms(policy.max));
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, ms(policy.minConnectTimeout));
+  args.SetInt(GRPC_ARG_DNS_MIN_TIME_BETWEEN_RESOLUTIONS_MS, ms(policy.initial));
+}
+
 bool serialize(const google::protobuf::Message& message, grpc::ByteBuffer& out) {
   bool ownBuffer = false;
   return grpc::SerializationTraits<google::protobuf::Message>::Serialize(message, &out, &ownBuffer)

@@ -176,12 +176,7 @@ class OtlpGrpcExporter final : public tracing::SpanExporter {
       credentials = grpc::SslCredentials(ssl);
     }
     grpc::ChannelArguments args;
-    const auto ms = [](Duration d) {
-      return static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(d).count());
-    };
-    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, ms(options_.reconnect.initial));
-    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, ms(options_.reconnect.initial));
-    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, ms(options_.reconnect.max));
+    detail::setReconnect(args, options_.reconnect);
     // Its own connection: the tracer must not share fate (or a subchannel) with RPC peers.
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
     channel_ = grpc::CreateCustomChannel(target->address, credentials, args);

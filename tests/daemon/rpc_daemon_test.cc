@@ -21,39 +21,13 @@
 #include "daemon/daemon_process.h"
 #include "greeter.pb.h"
 #include "support/await.h"
+#include "support/files.h"
 
 namespace snow::testing {
 namespace {
 
 using ::testing::HasSubstr;
 using ::testing::Not;
-
-class TempDir {
- public:
-  TempDir() {
-    char pattern[] = "/tmp/snow-rpc-test-XXXXXX";
-    path_ = ::mkdtemp(pattern);
-  }
-  ~TempDir() { (void)std::system(("rm -rf " + path_).c_str()); }
-  [[nodiscard]] const std::string& path() const { return path_; }
-  [[nodiscard]] std::string file(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
-
-void writeFile(const std::string& path, const std::string& content) {
-  std::ofstream(path) << content;
-}
-
-std::vector<std::string> readLines(const std::string& path) {
-  std::ifstream in(path);
-  std::vector<std::string> lines;
-  for (std::string line; std::getline(in, line);) {
-    lines.push_back(line);
-  }
-  return lines;
-}
 
 class RpcDaemonTest : public ::testing::Test {
  protected:
@@ -80,7 +54,7 @@ class RpcDaemonTest : public ::testing::Test {
   posix::PosixPtr os_;
   posix::ScopedInjector injected_;
   DispatcherPtr loop_ = makeDispatcher("test");
-  TempDir dir_;
+  TempDir dir_{"snow-rpc-test"};
 };
 
 // ---- snowctl -----------------------------------------------------------------------------------

@@ -25,43 +25,13 @@
 #include "snow/rpc/v1/node.pb.h"
 
 #include "support/await.h"
+#include "support/files.h"
 
 namespace snow::testing {
 
 using namespace std::chrono_literals;
 
 // A private directory under /tmp, removed with everything in it.
-class TempDir {
- public:
-  TempDir() {
-    char pattern[] = "/tmp/snow-rpc-unit-XXXXXX";
-    if (::mkdtemp(pattern) == nullptr) {
-      throw std::runtime_error("mkdtemp failed");
-    }
-    path_ = pattern;
-  }
-  ~TempDir() { (void)std::system(("rm -rf '" + path_ + "'").c_str()); }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  [[nodiscard]] const std::string& path() const { return path_; }
-  [[nodiscard]] std::string file(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
-
-inline std::string readFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
-
-inline void writeFile(const std::string& path, const std::string& content) {
-  std::ofstream(path, std::ios::binary | std::ios::trunc) << content;
-}
-
 // The RpcError a future rejected with; nullopt when it did not reject, or with something else.
 template <typename T>
 std::optional<rpc::RpcError> rpcErrorOf(const Future<T>& future) {

@@ -30,6 +30,17 @@ template <typename F>
   return met;
 }
 
+// Runs `loop` until `condition` holds, checking it every `interval` as well: for conditions that
+// another thread makes true, which wakes no loop. Fails the test at the deadline.
+template <typename F>
+[[nodiscard]] bool awaitPolled(Dispatcher& loop, F condition, Duration deadline = kDeadline,
+                               Duration interval = std::chrono::milliseconds(5)) {
+  TimerPtr tick;
+  tick = loop.createTimer([&] { tick->enable(interval); });
+  tick->enable(interval);
+  return awaitCondition(loop, std::move(condition), deadline);
+}
+
 // The message of a rejected future's error ("" when it did not reject).
 template <typename T>
 std::string errorOf(const Future<T>& future) {

@@ -37,11 +37,11 @@
 #include <opentracing/span.h>
 #include <opentracing/tracer.h>
 
+#include "snow/core/backoff.h"
 #include "snow/core/dispatcher.h"
 #include "snow/core/event.h"
 #include "snow/core/function.h"
 #include "snow/core/future.h"
-#include "snow/core/backoff.h"
 #include "snow/rpc/server.h"
 #include "snow/rpc/status.h"
 
