@@ -69,7 +69,7 @@ uint64_t StaticContext::randomOrigin(posix::Posix& os) {
 }
 
 void StaticContext::setTracer(std::shared_ptr<opentracing::Tracer> tracer) {
-  events_->setTracer(tracer);
+  events_->setTracer(std::move(tracer));
   tracer_ = events_->tracerPtr();
 }
 

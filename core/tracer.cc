@@ -94,6 +94,14 @@ std::string_view trim(std::string_view s) noexcept {
   return s;
 }
 
+// A header token (RFC 9110 tchar): what a W3C baggage key may be. Other keys cannot travel.
+bool isToken(std::string_view key) noexcept {
+  return !key.empty() && std::all_of(key.begin(), key.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) != 0 ||
+           std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
+  });
+}
+
 // "k1=v1,k2=v2;prop" (W3C baggage): properties after ';' are ignored.
 void parseBaggageHeader(std::string_view header, Baggage& out) {
   while (!header.empty()) {
@@ -106,7 +114,7 @@ void parseBaggageHeader(std::string_view header, Baggage& out) {
       continue;
     }
     const std::string_view key = trim(member.substr(0, eq));
-    if (!key.empty()) {
+    if (isToken(key)) {
       out.emplace_back(std::string(key), percentDecode(trim(member.substr(eq + 1))));
     }
   }
@@ -668,10 +676,14 @@ opentracing::expected<void> injectHeaders(const opentracing::SpanContext& contex
   if (!own->baggage.empty()) {
     std::string header;
     for (const auto& [key, value] : own->baggage) {
-      header += (header.empty() ? "" : ",") + key + "=" + percentEncode(value);
+      if (isToken(key)) {  // Set with a key no header can carry: it stays on this node.
+        header += (header.empty() ? "" : ",") + key + "=" + percentEncode(value);
+      }
     }
-    if (auto r = set(kBaggage, header); !r) {
-      return r;
+    if (!header.empty()) {
+      if (auto r = set(kBaggage, header); !r) {
+        return r;
+      }
     }
   }
   return {};
@@ -690,7 +702,8 @@ class HeaderCollector {
       uberTraceId_ = std::string(value);
     } else if (equalsIgnoringCase(key, kBaggage)) {
       parseBaggageHeader(value, baggage_);
-    } else if (startsWithIgnoringCase(key, kUberBaggagePrefix)) {
+    } else if (startsWithIgnoringCase(key, kUberBaggagePrefix) &&
+               isToken(key.substr(kUberBaggagePrefix.size()))) {
       uberBaggage_.emplace_back(std::string(key.substr(kUberBaggagePrefix.size())),
                                 percentDecode(value));
     }

@@ -72,10 +72,9 @@ class TracerTest : public ::testing::Test {
  protected:
   TracerTest() : os_(posix::makeDefaultPosix()), injected_(*os_) {}
 
-  // A tracer exporting to `endpoint` (the receiver by default), with short delays so that tests
-  // do not wait for production's.
-  std::shared_ptr<tracing::Tracer> makeTracer(tracing::TracerOptions options = {},
-                                              std::string endpoint = "") {
+  // A tracer exporting to the receiver, with short delays so that tests do not wait for
+  // production's.
+  std::shared_ptr<tracing::Tracer> makeTracer(tracing::TracerOptions options = {}) {
     options.batchDelay = milliseconds(20);
     options.retry = {
         .initial = milliseconds(50), .multiplier = 2.0, .jitter = 0.0, .max = milliseconds(200)};
@@ -84,7 +83,7 @@ class TracerTest : public ::testing::Test {
     }
     options.resource.push_back({"snow.node.id", std::string("0123456789abcdef")});
     rpc::OtlpExporterOptions exporter;
-    exporter.endpoint = endpoint.empty() ? receiver().endpoint() : endpoint;
+    exporter.endpoint = receiver().endpoint();
     exporter.reconnect = options.retry;
     exporter.scopeVersion = "test";
     return tracing::Tracer::make(std::move(options),
@@ -324,6 +323,7 @@ TEST_F(TracerTest, SamplersDecideOnceAndTheDecisionTravelsWithTheContext) {
   ASSERT_TRUE(follower->flush(std::chrono::seconds(10)));
   const auto spans = receiver().spans();
   std::vector<std::string> names;
+  names.reserve(spans.size());
   for (const auto& span : spans) {
     names.push_back(span.name);
   }

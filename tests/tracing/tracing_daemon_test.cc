@@ -46,7 +46,7 @@ class TracingDaemonTest : public ::testing::Test {
 
   std::string writeConfig(const std::string& name, const std::string& relay,
                           const std::string& tracing) {
-    const std::string path = dir_.file(name + ".yaml");
+    std::string path = dir_.file(name + ".yaml");
     std::ofstream(path) << fmt::format(
         "rpc:\n  unix_socket: {}\ntracing:\n{}modules:\n  relay:\n{}", dir_.file(name + ".sock"),
         tracing, relay);
