@@ -32,13 +32,13 @@ SpanPipeline::~SpanPipeline() {
 void SpanPipeline::push(SpanData&& span) noexcept {
   const std::lock_guard lock(mutex_);
   ++stats_.finished;
-  if (closing_ || queue_.size() + inFlight_ >= options_.queueSize) {
+  if (closing_ || queued() + inFlight_ >= options_.queueSize) {
     ++stats_.dropped;
     return;
   }
   queue_.push_back(std::move(span));
   // Once per batch, not per span: the thread wakes on its own every batchDelay.
-  if (queue_.size() == options_.batchSize) {
+  if (queued() == options_.batchSize) {
     wake_.notify_one();
   }
 }
@@ -51,7 +51,7 @@ bool SpanPipeline::flush(Duration timeout) noexcept {
   flushWanted_ = true;
   wake_.notify_one();
   return settled_.wait_for(lock, timeout, [this] {
-    return closed_ || (queue_.empty() && inFlight_ == 0);
+    return closed_ || (queued() == 0 && inFlight_ == 0);
   }) && !closed_;
 }
 
@@ -72,7 +72,7 @@ void SpanPipeline::stop() noexcept {
 TracerStats SpanPipeline::stats() const {
   const std::lock_guard lock(mutex_);
   TracerStats stats = stats_;
-  stats.queued = queue_.size() + inFlight_;
+  stats.queued = queued() + inFlight_;
   return stats;
 }
 
@@ -81,11 +81,10 @@ void SpanPipeline::run() {
   std::vector<SpanData> batch;
   batch.reserve(options_.batchSize);
   while (true) {
-    wake_.wait_for(lock, options_.batchDelay, [this] {
-      return closing_ || flushWanted_ || queue_.size() >= options_.batchSize;
-    });
+    wake_.wait_for(lock, options_.batchDelay,
+                   [this] { return closing_ || flushWanted_ || queued() >= options_.batchSize; });
     reportDrops(lock, false);
-    if (queue_.empty()) {
+    if (queued() == 0) {
       flushWanted_ = false;
       settled_.notify_all();
       if (closing_) {
@@ -93,22 +92,17 @@ void SpanPipeline::run() {
       }
       continue;
     }
-    if (queue_.size() <= options_.batchSize) {
-      batch.swap(queue_);
-    } else {
-      const auto end = queue_.begin() + static_cast<std::ptrdiff_t>(options_.batchSize);
-      std::move(queue_.begin(), end, std::back_inserter(batch));
-      queue_.erase(queue_.begin(), end);
-    }
+    takeBatch(batch);
     inFlight_ = batch.size();
     exportBatch(lock, batch);
     inFlight_ = 0;
     batch.clear();
     if (closing_ && Clock::now() >= closeDeadline_) {
-      stats_.unsent += queue_.size();
+      stats_.unsent += queued();
       queue_.clear();
+      head_ = 0;
     }
-    if (queue_.empty()) {
+    if (queued() == 0) {
       settled_.notify_all();
     }
   }
@@ -122,6 +116,26 @@ void SpanPipeline::run() {
   }
   closed_ = true;
   settled_.notify_all();
+}
+
+void SpanPipeline::takeBatch(std::vector<SpanData>& batch) {
+  if (head_ == 0 && queue_.size() <= options_.batchSize) {
+    batch.swap(queue_);  // The common case: everything, without moving a span.
+    return;
+  }
+  const size_t n = std::min(options_.batchSize, queued());
+  const auto first = queue_.begin() + static_cast<std::ptrdiff_t>(head_);
+  std::move(first, first + static_cast<std::ptrdiff_t>(n), std::back_inserter(batch));
+  head_ += n;
+  // Taking from the front costs O(batch), not O(queue): the taken slots are dropped only once
+  // they are half of the vector, which keeps that O(1) per span.
+  if (head_ == queue_.size()) {
+    queue_.clear();
+    head_ = 0;
+  } else if (head_ * 2 >= queue_.size()) {
+    queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(head_));
+    head_ = 0;
+  }
 }
 
 void SpanPipeline::exportBatch(std::unique_lock<std::mutex>& lock,
@@ -178,13 +192,14 @@ void SpanPipeline::exportBatch(std::unique_lock<std::mutex>& lock,
     }
     if (failures == 1 || now - lastFailureLog >= kStillFailingLogInterval) {
       lastFailureLog = now;
-      const size_t queued = queue_.size() + batch.size();
+      const size_t waiting = queued() + batch.size();
       lock.unlock();
       logger_->warn(
           "tracing: cannot export {} spans to {}: {}; retrying in {} ({} spans queued, at most "
           "{} are kept)",
           batch.size(), destination_, result.error,
-          std::chrono::duration_cast<std::chrono::milliseconds>(delay), queued, options_.queueSize);
+          std::chrono::duration_cast<std::chrono::milliseconds>(delay), waiting,
+          options_.queueSize);
       lock.lock();
     }
     // close() cuts the wait short: the shutdown deadline may be nearer than the backoff.

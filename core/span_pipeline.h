@@ -33,6 +33,10 @@ class SpanPipeline {
   using Clock = std::chrono::steady_clock;
 
   void run();
+  // Spans waiting, not counting the batch in flight.
+  [[nodiscard]] size_t queued() const noexcept { return queue_.size() - head_; }
+  // Moves up to batchSize spans from the front of the queue into `batch` (empty).
+  void takeBatch(std::vector<SpanData>& batch);
   // Sends `batch` until it is delivered or refused, or the shutdown deadline passes. Called and
   // returns with the lock held; releases it while exporting and backing off.
   void exportBatch(std::unique_lock<std::mutex>& lock, std::span<const SpanData> batch);
@@ -48,7 +52,8 @@ class SpanPipeline {
   mutable std::mutex mutex_;
   std::condition_variable wake_;     // The export thread: a full batch, a flush, close.
   std::condition_variable settled_;  // flush() callers: the queue drained.
-  std::vector<SpanData> queue_;
+  std::vector<SpanData> queue_;      // Waiting spans are [head_, end); before head_: taken.
+  size_t head_ = 0;
   size_t inFlight_ = 0;
   bool flushWanted_ = false;
   bool closing_ = false;

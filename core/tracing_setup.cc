@@ -133,7 +133,8 @@ std::vector<std::string> checkTracingConfig(const v1::TracingConfig& config, pos
   if (config.has_ratio() && !(config.ratio() >= 0.0 && config.ratio() <= 1.0)) {
     problems.push_back(fmt::format("tracing.ratio: {} is not in [0, 1]", config.ratio()));
   }
-  const uint32_t queue = config.queue_size() != 0 ? config.queue_size() : 2048;
+  const size_t queue =
+      config.queue_size() != 0 ? config.queue_size() : tracing::TracerOptions{}.queueSize;
   if (config.batch_size() > queue) {
     problems.push_back(fmt::format("tracing.batch_size: {} is larger than the queue ({} spans)",
                                    config.batch_size(), queue));

@@ -146,8 +146,10 @@ struct TracerOptions {
   std::string serviceName = "snow-core";  // The `service.name` resource attribute.
   std::vector<Attribute> resource;        // Further resource attributes (node id, version).
   Sampler sampler;
-  size_t queueSize = 2048;  // Finished spans waiting for export, the batch in flight included.
-  size_t batchSize = 512;   // At most this many spans per export call; <= queueSize.
+  // Finished spans waiting for export, the batch in flight included. 8192: 80 ms at 100,000
+  // spans/s, enough to ride out a collector's slow answers (docs/performance.md, "Tracing").
+  size_t queueSize = 8192;
+  size_t batchSize = 512;  // At most this many spans per export call; <= queueSize.
   Duration batchDelay = std::chrono::seconds(1);      // The longest a finished span waits.
   Duration exportTimeout = std::chrono::seconds(10);  // One export call.
   BackoffPolicy retry{.initial = std::chrono::seconds(1),
