@@ -96,7 +96,11 @@ void SpanPipeline::run() {
     inFlight_ = batch.size();
     exportBatch(lock, batch);
     inFlight_ = 0;
+    // Freeing 512 spans takes a while: not while push() waits for the lock. Only this thread
+    // touches `batch`.
+    lock.unlock();
     batch.clear();
+    lock.lock();
     if (closing_ && Clock::now() >= closeDeadline_) {
       stats_.unsent += queued();
       queue_.clear();

@@ -16,6 +16,7 @@
 #include "snow/core/event.h"
 #include "snow/core/future.h"
 
+#include "event_tree_bench.h"
 #include "ratio_reporter.h"
 
 namespace {
@@ -110,30 +111,9 @@ void resolvedFutureContinuation(benchmark::State& state) {
 BENCHMARK(resolvedFutureContinuation)->Apply(bursts);
 
 void eventTreeEvent(benchmark::State& state) {
-  const auto batch = static_cast<int>(state.range(0));
   auto loop = snow::makeDispatcher("bench");
   snow::EventTree tree(*loop, nullptr, 1);
-  const auto type = snow::EventType::of("bench.event");
-  int handled = 0;
-  auto registration = tree.on(type, [&handled](const snow::EventPtr&) {
-    ++handled;
-    return snow::makeReadyFuture<snow::MessagePtr>(nullptr);
-  });
-  std::vector<snow::Future<snow::MessagePtr>> results;
-  results.reserve(batch);
-  for (auto _ : state) {
-    for (int i = 0; i < batch; ++i) {
-      results.push_back(tree.raise(type));
-    }
-    while (tree.liveEvents() > 0) {
-      loop->run(snow::RunMode::NonBlock);
-    }
-    results.clear();
-  }
-  if (handled != static_cast<int>(state.iterations()) * batch) {
-    state.SkipWithError("not every event was handled");
-  }
-  state.SetItemsProcessed(state.iterations() * batch);
+  snow::bench::raiseAndSettleBursts(state, *loop, tree, snow::EventType::of("bench.event"));
 }
 BENCHMARK(eventTreeEvent)->Apply(bursts);
 

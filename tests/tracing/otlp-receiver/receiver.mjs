@@ -3,12 +3,17 @@
 // our exporter is checked against someone else's reading of the protocol.
 //
 //   node receiver.mjs --port P --out FILE [--fail N] [--http-port H]
+//   node receiver.mjs --port P --count-only [--fail N] [--http-port H]
 //
 // Serves opentelemetry.proto.collector.trace.v1.TraceService/Export (OTLP/gRPC) on 127.0.0.1:P
 // (0: any free port) and, with --http-port, OTLP/HTTP protobuf (POST /v1/traces). Each span of
 // each request becomes one JSON line appended to FILE before the call is answered, so a client
 // that saw OK finds its spans on disk. --fail N refuses the first N requests (gRPC UNAVAILABLE,
 // HTTP 503) and writes nothing for them.
+//
+// --count-only (for throughput benchmarks, tests/bench/tracing_bench.cc): every request is still
+// decoded, and an undecodable one refused as without it, but no span line is written (no --out);
+// the stderr line of each request carries the running total instead: "export: N spans (total T)".
 //
 // stdout: "otlp-receiver listening on 127.0.0.1:<port>" once the gRPC port is bound (then the
 // "http on" line when asked); stderr: one line per request. Exit 0 on SIGTERM/SIGINT, 1 when a
@@ -29,13 +34,18 @@ const { ExportTraceServiceRequest, ExportTraceServiceResponse } =
 
 function usage(message) {
   process.stderr.write(`otlp-receiver: ${message}\n` +
-    'usage: node receiver.mjs --port P --out FILE [--fail N] [--http-port H]\n');
+    'usage: node receiver.mjs --port P (--out FILE | --count-only) [--fail N] [--http-port H]\n');
   process.exit(2);
 }
 
 function parseArgs(argv) {
-  const options = { port: null, out: null, fail: 0, httpPort: null };
+  const options = { port: null, out: null, fail: 0, httpPort: null, countOnly: false };
   for (let i = 0; i < argv.length; i += 2) {
+    if (argv[i] === '--count-only') {
+      options.countOnly = true;
+      i -= 1;  // A flag: no value follows.
+      continue;
+    }
     const value = argv[i + 1];
     if (value === undefined) {
       usage(`${argv[i]} needs a value`);
@@ -54,7 +64,7 @@ function parseArgs(argv) {
       default: usage(`unknown argument ${argv[i]}`);
     }
   }
-  if (options.port === null || options.out === null) {
+  if (options.port === null || (options.out === null && !options.countOnly)) {
     usage('--port and --out are required');
   }
   return options;
@@ -148,9 +158,27 @@ function spanLines(request) {
   return lines;
 }
 
+// --count-only: spans decoded so far.
+let totalSpans = 0;
+
+function countSpans(message) {
+  let count = 0;
+  for (const rs of message.resourceSpans || []) {
+    for (const ss of rs.scopeSpans || []) {
+      count += (ss.spans || []).length;
+    }
+  }
+  return count;
+}
+
 // Decodes and stores one request; returns the number of spans, or throws on a malformed body.
 function store(body) {
   const message = ExportTraceServiceRequest.decode(body);
+  if (options.countOnly) {
+    const count = countSpans(message);
+    totalSpans += count;
+    return count;
+  }
   // Plain objects: 64-bit integers as decimal strings (fixed64 times exceed 2^53), enums as
   // numbers, bytes left as buffers.
   const request = ExportTraceServiceRequest.toObject(message, { longs: String, enums: Number });
@@ -192,7 +220,7 @@ function exportCall(call, callback) {
     callback({ code: grpc.status.INVALID_ARGUMENT, details: String(error.message) });
     return;
   }
-  log(`export: ${count} spans`);
+  log(`export: ${count} spans${options.countOnly ? ` (total ${totalSpans})` : ''}`);
   callback(null, ExportTraceServiceResponse.create({}));
 }
 
@@ -233,7 +261,7 @@ function httpRequest(req, res) {
       answer(400, `${error.message}\n`, 'text/plain');
       return;
     }
-    log(`export: ${count} spans`);
+    log(`export: ${count} spans${options.countOnly ? ` (total ${totalSpans})` : ''}`);
     answer(200, Buffer.from(ExportTraceServiceResponse.encode({}).finish()));
   });
 }
@@ -242,7 +270,9 @@ function httpRequest(req, res) {
 
 // The tests read FILE before any span arrives: it exists from the start. Appended to, never
 // truncated, so a restarted receiver keeps what its predecessor stored.
-fs.appendFileSync(options.out, '');
+if (!options.countOnly) {
+  fs.appendFileSync(options.out, '');
+}
 
 function cannotListen(what, port, error) {
   process.stderr.write(`otlp-receiver: cannot listen on 127.0.0.1:${port} (${what}): ` +
