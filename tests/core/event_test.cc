@@ -44,6 +44,11 @@ TEST(EventIdTest, PrintsAndParsesRoundTrip) {
   EXPECT_EQ(id.toString(), "3f9a0c1e5b7d2a64-2a");
   EXPECT_EQ(EventId::parse("3f9a0c1e5b7d2a64-2a"), id);
   EXPECT_EQ(EventId::parse("00000000000000ff-1"), (EventId{0xff, 1}));
+  EXPECT_EQ((EventId{0xff, 1}).toString(), "00000000000000ff-1");
+  EXPECT_EQ((EventId{1, 0x10}).toString(), "0000000000000001-10");
+  const EventId widest{~uint64_t{0}, ~uint64_t{0}};
+  EXPECT_EQ(widest.toString(), "ffffffffffffffff-ffffffffffffffff");
+  EXPECT_EQ(EventId::parse(widest.toString()), widest);
 }
 
 TEST(EventIdTest, RejectsMalformedText) {
