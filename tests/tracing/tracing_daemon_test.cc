@@ -146,6 +146,36 @@ TEST_F(TracingDaemonTest, AnEventDispatchedToAnotherNodeIsOneTraceAcrossBoth) {
   EXPECT_THAT(human, HasSubstr("0 dropped (queue full)"));
 }
 
+// What an operator sees while the collector is down: the node keeps serving, snowctl status
+// shows the failing exports and why, and nothing is lost once the collector is back.
+TEST_F(TracingDaemonTest, ACollectorOutageShowsInStatusAndLosesNothingWithinTheQueue) {
+  receiver_.stop();
+  auto b = startNode("b", fmt::format("    handled_file: {}\n", dir_.file("handled")),
+                     "  batch_delay: 20ms\n  retry_initial: 50ms\n  retry_max: 200ms\n"
+                     "  otlp:\n    endpoint: " +
+                         receiver_.endpoint() + "\n");
+  auto a = startNode("a",
+                     fmt::format("    peer: unix:{}\n    count: 5\n    outcome_file: {}\n",
+                                 dir_.file("b.sock"), dir_.file("outcomes")),
+                     "");
+  ASSERT_NE(a->waitForLog("relay: all 5 settled: 5 ok, 0 failed"), std::string::npos) << a->log();
+  ASSERT_NE(b->waitForLog("tracing: cannot export"), std::string::npos) << b->log();
+  const nlohmann::json down = status("b")["tracing"];
+  EXPECT_GE(std::stoull(down.value("failed_exports", std::string("0"))), 1U) << down.dump();
+  EXPECT_THAT(down.value("last_error", std::string()), HasSubstr("UNAVAILABLE"));
+  EXPECT_EQ(down.value("dropped", std::string("0")), "0");
+  EXPECT_EQ(down.value("queued", std::string("0")), "5") << "the five events' spans wait";
+
+  receiver_.restart();
+  ASSERT_TRUE(receiver_.waitForSpans(5)) << b->log();
+  ASSERT_NE(b->waitForLog("tracing: exporting to OTLP/gRPC"), std::string::npos) << b->log();
+  std::vector<std::string> names;
+  for (const auto& span : receiver_.spans()) {
+    names.push_back(span.name);
+  }
+  EXPECT_EQ(std::count(names.begin(), names.end(), "test.work"), 5);
+}
+
 TEST_F(TracingDaemonTest, ADaemonStoppedWithSpansQueuedExportsThemBeforeItExits) {
   auto b = startNode("b", fmt::format("    handled_file: {}\n", dir_.file("handled")),
                      "  batch_delay: 1h\n  otlp:\n    endpoint: " + receiver_.endpoint() + "\n");
