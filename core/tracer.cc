@@ -275,82 +275,13 @@ std::optional<SpanKind> kindOf(const opentracing::Value& value) {
 
 }  // namespace
 
-// A span of our tracer. Unsampled spans carry their context and record nothing.
-class RecordingSpan final : public opentracing::Span {
+// What both kinds of our spans have: the context, its baggage, and the tracer kept alive.
+class OwnSpan : public opentracing::Span {
  public:
-  RecordingSpan(std::shared_ptr<const Tracer> tracer, OwnSpanContext context,
-                opentracing::SystemTime startSystem, opentracing::SteadyTime startSteady)
-      : tracer_(std::move(tracer)), context_(std::move(context)), startSteady_(startSteady) {
-    if (context_.sampled) {
-      data_.traceId = context_.traceId;
-      data_.spanId = context_.spanId;
-      data_.traceState = context_.traceState;
-      data_.startUnixNano = unixNanos(startSystem);
-    }
-  }
-
-  ~RecordingSpan() override {
-    // OpenTracing: a span destroyed unfinished is finished then.
-    if (!finished_) {
-      FinishWithOptions({});
-    }
-  }
-  RecordingSpan(const RecordingSpan&) = delete;
-  RecordingSpan& operator=(const RecordingSpan&) = delete;
-
-  SpanData& data() noexcept { return data_; }
-
-  void FinishWithOptions(const opentracing::FinishSpanOptions& options) noexcept override {
-    const std::lock_guard lock(mutex_);
-    if (finished_) {
-      return;
-    }
-    finished_ = true;
-    if (!context_.sampled) {
-      return;
-    }
-    const opentracing::SteadyTime end = options.finish_steady_timestamp == opentracing::SteadyTime()
-                                            ? opentracing::SteadyClock::now()
-                                            : options.finish_steady_timestamp;
-    const auto elapsed = std::chrono::duration_cast<std::chrono::nanoseconds>(end - startSteady_);
-    data_.endUnixNano =
-        data_.startUnixNano + static_cast<uint64_t>(std::max<int64_t>(0, elapsed.count()));
-    try {
-      for (const auto& record : options.log_records) {
-        std::vector<std::pair<opentracing::string_view, opentracing::Value>> fields;
-        fields.reserve(record.fields.size());
-        for (const auto& [key, value] : record.fields) {
-          fields.emplace_back(key, value);
-        }
-        logLocked(record.timestamp, fields.begin(), fields.end());
-      }
-    } catch (...) {
-      ++data_.droppedEvents;
-    }
-    tracer_->finished(std::move(data_));
-  }
-
-  void SetOperationName(opentracing::string_view name) noexcept override {
-    const std::lock_guard lock(mutex_);
-    if (context_.sampled && !finished_) {
-      try {
-        data_.name.assign(name.data(), name.size());
-      } catch (...) {
-        // Out of memory: the old name stays.
-      }
-    }
-  }
-
-  void SetTag(opentracing::string_view key, const opentracing::Value& value) noexcept override {
-    const std::lock_guard lock(mutex_);
-    if (context_.sampled && !finished_) {
-      try {
-        setTagLocked(view(key), value);
-      } catch (...) {
-        ++data_.droppedAttributes;
-      }
-    }
-  }
+  OwnSpan(std::shared_ptr<const Tracer> tracer, OwnSpanContext context)
+      : tracer_(std::move(tracer)), context_(std::move(context)) {}
+  OwnSpan(const OwnSpan&) = delete;
+  OwnSpan& operator=(const OwnSpan&) = delete;
 
   void SetBaggageItem(opentracing::string_view key,
                       opentracing::string_view value) noexcept override {
@@ -382,6 +313,109 @@ class RecordingSpan final : public opentracing::Span {
     return {};
   }
 
+  [[nodiscard]] const opentracing::SpanContext& context() const noexcept override {
+    return context_;
+  }
+  [[nodiscard]] const opentracing::Tracer& tracer() const noexcept override { return *tracer_; }
+
+ protected:
+  ~OwnSpan() override = default;
+
+  std::shared_ptr<const Tracer> tracer_;
+  OwnSpanContext context_;
+  mutable std::mutex mutex_;
+};
+
+// An unsampled span: ids and baggage to propagate, nothing recorded, no clock read.
+class UnsampledSpan final : public OwnSpan {
+ public:
+  using OwnSpan::OwnSpan;
+  void FinishWithOptions(const opentracing::FinishSpanOptions& /*options*/) noexcept override {}
+  void SetOperationName(opentracing::string_view /*name*/) noexcept override {}
+  void SetTag(opentracing::string_view /*key*/,
+              const opentracing::Value& /*value*/) noexcept override {}
+  void Log(std::initializer_list<std::pair<opentracing::string_view, opentracing::Value>>
+           /*fields*/) noexcept override {}
+  void Log(opentracing::SystemTime /*timestamp*/,
+           std::initializer_list<std::pair<opentracing::string_view, opentracing::Value>>
+           /*fields*/) noexcept override {}
+  void Log(opentracing::SystemTime /*timestamp*/,
+           const std::vector<std::pair<opentracing::string_view, opentracing::Value>>&
+           /*fields*/) noexcept override {}
+};
+
+// A sampled span: records into its SpanData and hands it to the tracer when finished.
+class RecordingSpan final : public OwnSpan {
+ public:
+  RecordingSpan(std::shared_ptr<const Tracer> tracer, OwnSpanContext context,
+                opentracing::SystemTime startSystem, opentracing::SteadyTime startSteady)
+      : OwnSpan(std::move(tracer), std::move(context)), startSteady_(startSteady) {
+    data_.traceId = context_.traceId;
+    data_.spanId = context_.spanId;
+    data_.traceState = context_.traceState;
+    data_.startUnixNano = unixNanos(startSystem);
+  }
+
+  ~RecordingSpan() override {
+    // OpenTracing: a span destroyed unfinished is finished then.
+    if (!finished_) {
+      FinishWithOptions({});
+    }
+  }
+  RecordingSpan(const RecordingSpan&) = delete;
+  RecordingSpan& operator=(const RecordingSpan&) = delete;
+
+  SpanData& data() noexcept { return data_; }
+
+  void FinishWithOptions(const opentracing::FinishSpanOptions& options) noexcept override {
+    const std::lock_guard lock(mutex_);
+    if (finished_) {
+      return;
+    }
+    finished_ = true;
+    const opentracing::SteadyTime end = options.finish_steady_timestamp == opentracing::SteadyTime()
+                                            ? opentracing::SteadyClock::now()
+                                            : options.finish_steady_timestamp;
+    const auto elapsed = std::chrono::duration_cast<std::chrono::nanoseconds>(end - startSteady_);
+    data_.endUnixNano =
+        data_.startUnixNano + static_cast<uint64_t>(std::max<int64_t>(0, elapsed.count()));
+    try {
+      for (const auto& record : options.log_records) {
+        std::vector<std::pair<opentracing::string_view, opentracing::Value>> fields;
+        fields.reserve(record.fields.size());
+        for (const auto& [key, value] : record.fields) {
+          fields.emplace_back(key, value);
+        }
+        logLocked(record.timestamp, fields.begin(), fields.end());
+      }
+    } catch (...) {
+      ++data_.droppedEvents;
+    }
+    tracer_->finished(std::move(data_));
+  }
+
+  void SetOperationName(opentracing::string_view name) noexcept override {
+    const std::lock_guard lock(mutex_);
+    if (!finished_) {
+      try {
+        data_.name.assign(name.data(), name.size());
+      } catch (...) {
+        // Out of memory: the old name stays.
+      }
+    }
+  }
+
+  void SetTag(opentracing::string_view key, const opentracing::Value& value) noexcept override {
+    const std::lock_guard lock(mutex_);
+    if (!finished_) {
+      try {
+        setTagLocked(view(key), value);
+      } catch (...) {
+        ++data_.droppedAttributes;
+      }
+    }
+  }
+
   void Log(std::initializer_list<std::pair<opentracing::string_view, opentracing::Value>>
                fields) noexcept override {
     Log(opentracing::SystemClock::now(), fields);
@@ -398,11 +432,6 @@ class RecordingSpan final : public opentracing::Span {
                fields) noexcept override {
     log(timestamp, fields.begin(), fields.end());
   }
-
-  [[nodiscard]] const opentracing::SpanContext& context() const noexcept override {
-    return context_;
-  }
-  [[nodiscard]] const opentracing::Tracer& tracer() const noexcept override { return *tracer_; }
 
   void setTagLocked(std::string_view key, const opentracing::Value& value) {
     if (key == view(opentracing::ext::span_kind)) {
@@ -431,7 +460,7 @@ class RecordingSpan final : public opentracing::Span {
   template <typename It>
   void log(opentracing::SystemTime timestamp, It begin, It end) noexcept {
     const std::lock_guard lock(mutex_);
-    if (context_.sampled && !finished_) {
+    if (!finished_) {
       try {
         logLocked(timestamp, begin, end);
       } catch (...) {
@@ -471,10 +500,7 @@ class RecordingSpan final : public opentracing::Span {
     data_.events.push_back(std::move(event));
   }
 
-  std::shared_ptr<const Tracer> tracer_;
-  OwnSpanContext context_;
   opentracing::SteadyTime startSteady_;
-  mutable std::mutex mutex_;
   SpanData data_;
   bool finished_ = false;
 };
@@ -614,28 +640,27 @@ std::unique_ptr<opentracing::Span> Tracer::StartSpanWithOptions(
       }
     }
 
-    // An unsampled span records no times: no clock is read for it.
+    // An unsampled span records nothing: no clock is read for it.
+    if (!context.sampled) {
+      return std::make_unique<UnsampledSpan>(shared_from_this(), std::move(context));
+    }
     const bool noTimes = options.start_system_timestamp == opentracing::SystemTime() &&
                          options.start_steady_timestamp == opentracing::SteadyTime();
-    const bool sampled = context.sampled;
     const opentracing::SystemTime startSystem =
-        !sampled  ? opentracing::SystemTime()
-        : noTimes ? opentracing::SystemClock::now()
-                  : (options.start_system_timestamp != opentracing::SystemTime()
-                         ? options.start_system_timestamp
-                         : opentracing::convert_time_point<opentracing::SystemClock>(
-                               options.start_steady_timestamp));
+        noTimes ? opentracing::SystemClock::now()
+                : (options.start_system_timestamp != opentracing::SystemTime()
+                       ? options.start_system_timestamp
+                       : opentracing::convert_time_point<opentracing::SystemClock>(
+                             options.start_steady_timestamp));
     const opentracing::SteadyTime startSteady =
-        !sampled  ? opentracing::SteadyTime()
-        : noTimes ? opentracing::SteadyClock::now()
-                  : (options.start_steady_timestamp != opentracing::SteadyTime()
-                         ? options.start_steady_timestamp
-                         : opentracing::convert_time_point<opentracing::SteadyClock>(
-                               options.start_system_timestamp));
-
+        noTimes ? opentracing::SteadyClock::now()
+                : (options.start_steady_timestamp != opentracing::SteadyTime()
+                       ? options.start_steady_timestamp
+                       : opentracing::convert_time_point<opentracing::SteadyClock>(
+                             options.start_system_timestamp));
     auto span = std::make_unique<RecordingSpan>(shared_from_this(), std::move(context), startSystem,
                                                 startSteady);
-    if (static_cast<const OwnSpanContext&>(span->context()).sampled) {
+    {
       SpanData& data = span->data();
       data.name.assign(operationName.data(), operationName.size());
       if (parent) {
