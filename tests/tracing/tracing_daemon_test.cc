@@ -217,6 +217,23 @@ TEST_F(TracingDaemonTest, CheckConfigExplainsABrokenTracingSection) {
   }
 }
 
+// A library that is not an OpenTracing tracer plugin, or one that refuses its configuration,
+// stops the start-up with the library's own reason, and the daemon exits 1.
+TEST_F(TracingDaemonTest, ATracerLibraryThatCannotBeLoadedStopsTheStartClearly) {
+  const std::pair<std::string, std::string> cases[] = {
+      {fmt::format("  library:\n    path: {}\n", SNOW_NOT_A_TRACER_LIBRARY),
+       "tracing.library: cannot load " SNOW_NOT_A_TRACER_LIBRARY},
+      {fmt::format("  library:\n    path: {}\n    config: 'not json'\n", SNOW_MOCKTRACER_LIBRARY),
+       "tracing.library: " SNOW_MOCKTRACER_LIBRARY " refused its configuration"},
+  };
+  for (const auto& [section, expected] : cases) {
+    const std::string config = writeConfig("lib", "    {}\n", section);
+    auto [code, log] = runDaemon(*loop_, {"--modules", SNOW_RPC_TEST_PLUGINS, "--config", config});
+    EXPECT_EQ(code, 1) << log;
+    EXPECT_THAT(log, HasSubstr("cannot start: " + expected)) << log;
+  }
+}
+
 // A tracer library we did not write: OpenTracing's own mocktracer, as Debian ships it, loaded
 // through opentracing::DynamicallyLoadTracingLibrary. Both daemons use it, so the context also
 // crosses the RPC in the mocktracer's own format; it writes its spans as JSON when closed.
