@@ -19,12 +19,14 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
 #include <dirent.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -46,6 +48,40 @@ struct Result {
 struct DirectoryEntry {
   std::string name;
   unsigned char type = DT_UNKNOWN;  // DT_REG, DT_DIR, DT_LNK, ... as readdir(3) reports it.
+};
+
+// What spawn() sets up in the child before it executes `path`. Every step runs in the child
+// between clone() and execve(), with async-signal-safe system calls only, in this order: every
+// signal's disposition back to default; setsid (newSession); chdir (cwd); the resource limits;
+// stdin/stdout/stderr and passFds placed at 0, 1, 2 and 3, 4, ... with every other descriptor
+// closed; setgroups, setresgid, setresuid (setIds); the parent-death signal (after the ids,
+// which would clear it); LISTEN_PID; an empty signal mask; execve.
+struct SpawnRequest {
+  struct Limit {
+    int resource = 0;  // RLIMIT_NOFILE, RLIMIT_CORE, ...
+    rlimit value{};
+  };
+
+  const char* path = nullptr;   // Executed as given: no PATH search.
+  char* const* argv = nullptr;  // Null-terminated.
+  char* const* envp = nullptr;  // Null-terminated.
+  const char* cwd = nullptr;    // Null: the parent's.
+  bool newSession = true;       // Its own session and process group (pgid = sid = pid).
+  int stdinFd = -1;             // -1: the parent's stdin, stdout, stderr.
+  int stdoutFd = -1;
+  int stderrFd = -1;
+  std::span<const int> passFds;  // Placed at 3, 4, ...; the child closes every other fd.
+  std::span<const Limit> limits;
+  bool setIds = false;  // Take uid, gid and groups.
+  uid_t uid = 0;
+  gid_t gid = 0;
+  std::span<const gid_t> groups;
+  int parentDeathSignal = 0;  // PR_SET_PDEATHSIG: sent when the spawning thread ends; 0: none.
+  // An envp entry "LISTEN_PID=" followed by 20 spaces, owned by the caller: the child writes its
+  // own pid there (systemd's socket-activation protocol needs the pid before exec).
+  char* listenPidEntry = nullptr;
+  // Out: the step that failed ("execve", "setresuid", ...), when spawn() fails in the child.
+  const char** failedStep = nullptr;
 };
 
 class Posix {
@@ -100,6 +136,12 @@ class Posix {
   virtual Result<pid_t> posixSpawn(const char* path, const posix_spawn_file_actions_t* actions,
                                    const posix_spawnattr_t* attrs, char* const argv[],
                                    char* const envp[]) = 0;
+  // Starts a child as `request` says (see SpawnRequest) without fork(): clone(CLONE_VM |
+  // CLONE_VFORK), so the cost does not grow with the parent's memory. Returns the child's pid
+  // once it executed the program. When a step in the child fails, the child is reaped, errnum is
+  // that step's errno and *request.failedStep names it. The child is a child like any other:
+  // SIGCHLD and waitpid() report its exit.
+  virtual Result<pid_t> spawn(const SpawnRequest& request) = 0;
   virtual Result<int> sigprocmask(int how, const sigset_t* set, sigset_t* old) = 0;
   virtual Result<int> prctl(int option, unsigned long arg2) = 0;
 
