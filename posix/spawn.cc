@@ -35,10 +35,10 @@ constexpr int kMaxFds = 3 + 64;  // stdio and up to 64 passed descriptors.
 
 // Everything the child runs is built without sanitizer instrumentation: the sanitizers' runtime
 // keeps per-thread state that the child would share with the parent thread.
-#define SNOW_CHILD_CODE [[gnu::no_sanitize("address", "thread", "undefined")]]
+#define SNOW_CHILD_CODE __attribute__((no_sanitize("address", "thread", "undefined")))
 
 // A system call without libc: returns the result, or -errno.
-SNOW_CHILD_CODE [[gnu::always_inline]] inline long rawSyscall(long number, long a = 0, long b = 0,
+[[gnu::always_inline]] SNOW_CHILD_CODE inline long rawSyscall(long number, long a = 0, long b = 0,
                                                               long c = 0, long d = 0, long e = 0,
                                                               long f = 0) {
   long result = 0;
@@ -53,7 +53,7 @@ SNOW_CHILD_CODE [[gnu::always_inline]] inline long rawSyscall(long number, long 
 }
 
 template <typename T>
-SNOW_CHILD_CODE [[gnu::always_inline]] inline long arg(T value) {
+[[gnu::always_inline]] SNOW_CHILD_CODE inline long arg(T value) {
   if constexpr (std::is_pointer_v<T>) {
     return reinterpret_cast<long>(value);
   } else {

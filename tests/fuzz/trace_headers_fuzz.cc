@@ -71,8 +71,11 @@ std::map<std::string, std::string> baggageOf(const opentracing::SpanContext& con
 }
 
 const snow::tracing::Tracer& tracer() {
-  static const std::shared_ptr<snow::tracing::Tracer> instance =
-      snow::tracing::Tracer::make({.seed = 1}, std::make_unique<NoExporter>());
+  static const std::shared_ptr<snow::tracing::Tracer> instance = [] {
+    snow::tracing::TracerOptions options;
+    options.seed = 1;
+    return snow::tracing::Tracer::make(options, std::make_unique<NoExporter>());
+  }();
   return *instance;
 }
 

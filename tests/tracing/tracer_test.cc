@@ -449,7 +449,9 @@ TEST(OtlpEndpointTest, AcceptsHostPortAndHttpSchemesAndExplainsTheRest) {
   EXPECT_THAT(rpc::checkOtlpEndpoint("jaeger:99999").value_or(""), HasSubstr("expected host:port"));
   EXPECT_THAT(rpc::checkOtlpEndpoint("udp://jaeger:6831").value_or(""),
               HasSubstr("http:// or https://"));
-  EXPECT_THROW(rpc::makeOtlpGrpcExporter({.endpoint = "nonsense"}), std::invalid_argument);
+  rpc::OtlpExporterOptions nonsense;
+  nonsense.endpoint = "nonsense";
+  EXPECT_THROW(rpc::makeOtlpGrpcExporter(nonsense), std::invalid_argument);
 }
 
 }  // namespace
