@@ -18,37 +18,27 @@ namespace v1 = core::v1;
 
 constexpr const char* kDefaultEndpoint = "127.0.0.1:4317";
 
-std::string_view samplerName(v1::TracingConfig::SamplerKind kind) {
-  switch (kind) {
-    case v1::TracingConfig::ALWAYS:
-      return "always";
-    case v1::TracingConfig::NEVER:
-      return "never";
-    case v1::TracingConfig::RATIO:
-      return "ratio";
-    default:
-      return "parent-based";
-  }
-}
+// Each `sampler:` value: the tracer's kind and the name the log and status show.
+struct SamplerChoice {
+  v1::TracingConfig::SamplerKind config;
+  tracing::Sampler::Kind kind;
+  std::string_view name;
+};
+constexpr SamplerChoice kSamplers[] = {
+    {v1::TracingConfig::PARENT_BASED, tracing::Sampler::Kind::ParentBased, "parent-based"},
+    {v1::TracingConfig::ALWAYS, tracing::Sampler::Kind::Always, "always"},
+    {v1::TracingConfig::NEVER, tracing::Sampler::Kind::Never, "never"},
+    {v1::TracingConfig::RATIO, tracing::Sampler::Kind::Ratio, "ratio"},
+};
 
-tracing::Sampler samplerOf(const v1::TracingConfig& config) {
-  tracing::Sampler sampler;
-  switch (config.sampler()) {
-    case v1::TracingConfig::ALWAYS:
-      sampler.kind = tracing::Sampler::Kind::Always;
-      break;
-    case v1::TracingConfig::NEVER:
-      sampler.kind = tracing::Sampler::Kind::Never;
-      break;
-    case v1::TracingConfig::RATIO:
-      sampler.kind = tracing::Sampler::Kind::Ratio;
-      break;
-    default:
-      sampler.kind = tracing::Sampler::Kind::ParentBased;
-      break;
+// The choice of `kind`; parent-based (the default) for a value this build does not know.
+const SamplerChoice& samplerChoice(v1::TracingConfig::SamplerKind kind) {
+  for (const auto& choice : kSamplers) {
+    if (choice.config == kind) {
+      return choice;
+    }
   }
-  sampler.ratio = config.has_ratio() ? config.ratio() : 1.0;
-  return sampler;
+  return kSamplers[0];
 }
 
 // Keeps a loaded library mapped for as long as its tracer lives. Closing the tracer is the
@@ -157,7 +147,9 @@ TracingSetup makeTracer(const v1::TracingConfig& config, const std::string& node
   }
   options.resource = {
       {"service.instance.id", nodeId}, {"snow.node.id", nodeId}, {"service.version", version}};
-  options.sampler = samplerOf(config);
+  const SamplerChoice& sampler = samplerChoice(config.sampler());
+  options.sampler.kind = sampler.kind;
+  options.sampler.ratio = config.has_ratio() ? config.ratio() : 1.0;
   if (config.queue_size() != 0) {
     options.queueSize = config.queue_size();
   }
@@ -184,13 +176,12 @@ TracingSetup makeTracer(const v1::TracingConfig& config, const std::string& node
   exporter.reconnect = options.retry;
   exporter.scopeVersion = version;
   auto tracer = tracing::Tracer::make(options, rpc::makeOtlpGrpcExporter(std::move(exporter)));
-  const tracing::Sampler& sampler = options.sampler;
-  std::string description = fmt::format("{}, service {}, sampler {}{}", tracer->stats().destination,
-                                        options.serviceName, samplerName(config.sampler()),
-                                        sampler.kind == tracing::Sampler::Kind::Always ||
-                                                sampler.kind == tracing::Sampler::Kind::Never
-                                            ? ""
-                                            : fmt::format(" {}", sampler.ratio));
+  // The ratio only where it decides something.
+  const bool usesRatio = sampler.kind == tracing::Sampler::Kind::Ratio ||
+                         sampler.kind == tracing::Sampler::Kind::ParentBased;
+  std::string description =
+      fmt::format("{}, service {}, sampler {}{}", tracer->stats().destination, options.serviceName,
+                  sampler.name, usesRatio ? fmt::format(" {}", options.sampler.ratio) : "");
   return {std::move(tracer), std::move(description)};
 }
 
