@@ -1,17 +1,13 @@
 #include "otlp_receiver.h"
 
-#include <cerrno>
 #include <charconv>
 #include <csignal>
-#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
 #include <string_view>
-#include <system_error>
 
 #include <fmt/format.h>
-#include <stdlib.h>
 
 #include <nlohmann/json.hpp>
 
@@ -107,27 +103,16 @@ ReceivedSpan parseSpan(std::string_view line) {
 }  // namespace
 
 OtlpReceiver::OtlpReceiver(Dispatcher& loop, uint16_t port, int failFirst, bool withHttp)
-    : loop_(loop), port_(port), withHttp_(withHttp) {
-  std::string pattern =
-      (std::filesystem::temp_directory_path() / "snow-otlp-receiver-XXXXXX").string();
-  if (::mkdtemp(pattern.data()) == nullptr) {
-    throw std::system_error(errno, std::system_category(), "mkdtemp " + pattern);
-  }
-  directory_ = pattern;
-  outputPath_ = directory_ + "/spans.jsonl";
-  try {
-    start(failFirst);
-  } catch (...) {
-    std::error_code ignored;
-    std::filesystem::remove_all(directory_, ignored);
-    throw;
-  }
+    : loop_(loop),
+      port_(port),
+      withHttp_(withHttp),
+      directory_("snow-otlp-receiver"),
+      outputPath_(directory_.file("spans.jsonl")) {
+  start(failFirst);  // A throw here still removes the directory: directory_ is constructed.
 }
 
 OtlpReceiver::~OtlpReceiver() {
-  stop();
-  std::error_code ignored;
-  std::filesystem::remove_all(directory_, ignored);
+  stop();  // Before directory_ goes, with the file the receiver writes.
 }
 
 std::string OtlpReceiver::node() {

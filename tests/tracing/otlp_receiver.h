@@ -26,6 +26,8 @@
 
 #include "snow/core/dispatcher.h"
 
+#include "support/files.h"
+
 namespace snow::testing {
 
 class DaemonProcess;
@@ -128,7 +130,7 @@ class OtlpReceiver {
   uint16_t port_;
   bool withHttp_;
   uint16_t httpPort_ = 0;
-  std::string directory_;
+  TempDir directory_;
   std::string outputPath_;
   std::unique_ptr<DaemonProcess> process_;
   std::string pastLogs_;  // Of the receivers stopped so far.
