@@ -1,9 +1,12 @@
 // snowctl: the control CLI of snow-core, on the node's RPC services (docs/rpc.md).
 //
 //   snowctl [--node ADDR] [--json] status | modules | ping | events [--follow] | reload
+//   and the modules' commands (snowctl_<module>.cc): ps | start | stop | restart | logs | ...
 //
 // Output is for people by default and JSON with --json (one object per line for streams). On
 // failure it prints one line, "snowctl: <what failed>: <why>", and exits 1; usage errors exit 2.
+
+#include "snowctl.h"
 
 #include <csignal>
 #include <cstdio>
@@ -22,127 +25,33 @@
 #include "snow/rpc/node.h"
 #include "snow/rpc/v1/node.pb.h"
 
-namespace {
+namespace snowctl {
 
 namespace pb = snow::rpc::v1;
 using google::protobuf::util::TimeUtil;
 
-struct Options {
-  std::string node;
-  bool json = false;
-  double timeoutSeconds = 5;
-  std::string tlsCa, tlsCert, tlsKey, tlsServerName;
-  int pingCount = 1;
-  bool follow = false;
-  unsigned recent = 20;
-  std::vector<std::string> types;
-};
-
-std::string toJson(const google::protobuf::Message& message) {
-  std::string out;
-  google::protobuf::util::JsonPrintOptions options;
-  options.preserve_proto_field_names = true;
-  options.always_print_primitive_fields = true;
-  (void)google::protobuf::util::MessageToJsonString(message, &out, options);
-  return out;
+std::vector<CommandSet>& commandSets() {
+  static std::vector<CommandSet> sets;
+  return sets;
 }
 
-std::string human(const google::protobuf::Duration& d) {
-  const int64_t total = d.seconds();
-  if (total >= 86400) {
-    return fmt::format("{}d {}h {}m", total / 86400, total % 86400 / 3600, total % 3600 / 60);
+int Ctl::runStream(snow::Future<void>& done, const char* what) {
+  bool interrupted = false;
+  snow::SignalEventPtr onInt = loop_->listenForSignal(SIGINT, [&] {
+    interrupted = true;
+    done.cancel();
+  });
+  snow::SignalEventPtr onTerm = loop_->listenForSignal(SIGTERM, [&] {
+    interrupted = true;
+    done.cancel();
+  });
+  loop_->runUntil([&] { return done.isReady(); }, std::chrono::hours(24 * 365));
+  if (done.hasError() && !interrupted) {
+    fail(what, snow::describe(done.error()));
+    return 1;
   }
-  if (total >= 3600) {
-    return fmt::format("{}h {}m {}s", total / 3600, total % 3600 / 60, total % 60);
-  }
-  if (total >= 60) {
-    return fmt::format("{}m {}s", total / 60, total % 60);
-  }
-  return fmt::format("{:.3g}s", static_cast<double>(TimeUtil::DurationToNanoseconds(d)) / 1e9);
+  return 0;
 }
-
-std::string millis(const google::protobuf::Duration& d) {
-  return fmt::format("{:.2f} ms", static_cast<double>(TimeUtil::DurationToNanoseconds(d)) / 1e6);
-}
-
-std::string clock(const google::protobuf::Timestamp& t) {
-  return TimeUtil::ToString(t);
-}
-
-std::string_view healthName(pb::PeerStatus::Health health) {
-  switch (health) {
-    case pb::PeerStatus::UP:
-      return "up";
-    case pb::PeerStatus::DOWN:
-      return "down";
-    default:
-      return "unknown";
-  }
-}
-
-class Ctl {
- public:
-  explicit Ctl(const Options& options)
-      : options_(options),
-        loop_(snow::makeDispatcher("snowctl")),
-        client_(*loop_, clientOptions()) {}
-
-  int status();
-  int modules();
-  int ping();
-  int events();
-  int reload();
-
- private:
-  snow::rpc::ClientOptions clientOptions() const {
-    snow::rpc::ClientOptions out;
-    out.defaultTimeout = timeout();
-    out.poolSize = 1;
-    if (!options_.tlsCa.empty() || !options_.tlsCert.empty()) {
-      out.tls = snow::rpc::TlsFiles{options_.tlsCert, options_.tlsKey, options_.tlsCa, false,
-                                    options_.tlsServerName};
-    }
-    return out;
-  }
-  snow::Duration timeout() const {
-    return std::chrono::duration_cast<snow::Duration>(
-        std::chrono::duration<double>(options_.timeoutSeconds));
-  }
-
-  // Runs the loop until `future` settles; returns its value or prints the error and returns null.
-  template <typename T>
-  std::shared_ptr<const T> awaitReply(snow::Future<std::shared_ptr<const T>> future,
-                                      const char* what) {
-    loop_->runUntil([&] { return future.isReady(); }, timeout() + std::chrono::seconds(5));
-    if (!future.isReady()) {
-      fail(what, "no answer (the client's own deadline did not fire)");
-      return nullptr;
-    }
-    if (future.hasError()) {
-      fail(what, snow::describe(future.error()));
-      return nullptr;
-    }
-    return future.value();
-  }
-
-  void fail(const char* what, const std::string& why) const {
-    const bool unreachable = why.find("UNAVAILABLE") != std::string::npos;
-    fmt::print(stderr, "snowctl: {}: {}{}\n", what, why,
-               unreachable ? " (is snow-core running, and is --node right?)" : "");
-  }
-
-  // One attempt: a person at a terminal wants to hear at once that the node is not there.
-  template <typename Req, typename Resp>
-  std::shared_ptr<const Resp> call(std::string_view method, const Req& request, const char* what) {
-    snow::rpc::CallOptions options;
-    options.idempotent = false;
-    return awaitReply(client_.call<Resp>(options_.node, method, request, options), what);
-  }
-
-  const Options& options_;
-  snow::DispatcherPtr loop_;
-  snow::rpc::Client client_;
-};
 
 int Ctl::status() {
   auto status = call<pb::GetStatusRequest, pb::NodeStatus>(snow::rpc::kGetStatus, {},
@@ -246,8 +155,15 @@ int Ctl::events() {
   const bool json = options_.json;
   snow::Future<void> done = client_.stream(
       options_.node, snow::rpc::kWatch, request, pb::EventRecord::default_instance(),
-      [json](const snow::MessagePtr& message) {
+      [json, node = options_.node](const snow::MessagePtr& message) {
         const auto& record = static_cast<const pb::EventRecord&>(*message);
+        if (record.phase() == pb::EventRecord::LIVE) {
+          // On stderr so that the records on stdout stay one format; scripts wait for this line
+          // to know that nothing raised from now on can be missed.
+          fmt::print(stderr, "following events on {}; Ctrl-C to stop\n", node);
+          std::fflush(stderr);
+          return;
+        }
         if (json) {
           fmt::print("{}\n", toJson(record));
         } else {
@@ -272,22 +188,7 @@ int Ctl::events() {
         std::fflush(stdout);
       },
       callOptions);
-  bool interrupted = false;
-  snow::SignalEventPtr onInt = loop_->listenForSignal(SIGINT, [&] {
-    interrupted = true;
-    done.cancel();
-  });
-  snow::SignalEventPtr onTerm = loop_->listenForSignal(SIGTERM, [&] {
-    interrupted = true;
-    done.cancel();
-  });
-  loop_->runUntil([&] { return done.isReady(); }, std::chrono::hours(24 * 365));
-  if (done.hasError() && !interrupted) {
-    fail("cannot watch events", snow::describe(done.error()));
-    return 1;
-  }
-  (void)done.isReady();
-  return 0;
+  return runStream(done, "cannot watch events");
 }
 
 int Ctl::reload() {
@@ -303,9 +204,11 @@ int Ctl::reload() {
   return 0;
 }
 
-}  // namespace
+}  // namespace snowctl
 
 int main(int argc, char** argv) {
+  using snowctl::Ctl;
+  using snowctl::Options;
   snow::posix::PosixPtr os = snow::posix::makeDefaultPosix(false);
   snow::posix::ScopedInjector installed(*os);
   Options options;
@@ -344,6 +247,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   events->add_option("--type", options.types, "only event types starting with this (repeatable)");
   auto* reload = app.add_subcommand("reload", "read the configuration again (as SIGHUP does)");
+  std::vector<snowctl::Command> moduleCommands;
+  for (const auto& set : snowctl::commandSets()) {
+    set(app, moduleCommands);
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -367,6 +274,11 @@ int main(int argc, char** argv) {
     }
     if (reload->parsed()) {
       return ctl.reload();
+    }
+    for (auto& command : moduleCommands) {
+      if (command.subcommand->parsed()) {
+        return command.run(ctl);
+      }
     }
   } catch (const std::exception& e) {
     fmt::print(stderr, "snowctl: {}\n", e.what());

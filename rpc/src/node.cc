@@ -549,6 +549,10 @@ Future<void> Node::Impl::onWatch(const pb::WatchRequest& request, const ServerSt
           ++*dropped;
         }
       });
+  pb::EventRecord live;
+  live.set_phase(pb::EventRecord::LIVE);
+  *live.mutable_time() = toProto(std::chrono::system_clock::now());
+  stream->write(live);
   return stream->closed().finally([observation = std::move(observation)] {});
 }
 

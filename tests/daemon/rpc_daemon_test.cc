@@ -162,6 +162,9 @@ TEST_F(RpcDaemonTest, DispatchedEventsKeepTheirParentAndSettleTheSendersEvents) 
   DaemonProcess watcher(
       *loop_, SNOWCTL, {"--node", "unix:" + dir_.file("b.sock"), "events", "-f", "--type", "test."},
       {});
+  ASSERT_NE(watcher.waitForLog("following events on unix:" + dir_.file("b.sock")),
+            std::string::npos)
+      << watcher.log();
   auto sender = startNode("a", fmt::format("    peer: unix:{}\n    count: 20\n    interval: 1ms\n"
                                            "    outcome_file: {}\n",
                                            dir_.file("b.sock"), dir_.file("outcomes")));

@@ -315,7 +315,7 @@ TEST_F(NodeTest, WatchSendsRecentEventsThenFollowsNewOnesUntilCancelled) {
   EXPECT_EQ(records[0].type(), "rpc-test.greet");
   EXPECT_EQ(records[0].phase(), pb::EventRecord::SUCCEEDED);
 
-  // Follow: the recent one first (then the watcher is registered), then new events live.
+  // Follow: the recent one first, then the LIVE marker, then new events as they happen.
   pb::WatchRequest follow = recentOnly;
   follow.set_recent(1);
   follow.set_follow(true);
@@ -323,22 +323,25 @@ TEST_F(NodeTest, WatchSendsRecentEventsThenFollowsNewOnesUntilCancelled) {
   auto watching = node_->client().stream(
       self(), rpc::kWatch, follow, pb::EventRecord::default_instance(),
       [&](MessagePtr m) { live.push_back(static_cast<const pb::EventRecord&>(*m)); });
-  ASSERT_TRUE(awaitCondition(loop(), [&] { return live.size() == 1; }));
+  ASSERT_TRUE(awaitCondition(loop(), [&] { return live.size() == 2; }));
+  EXPECT_EQ(live[0].phase(), pb::EventRecord::SUCCEEDED);
+  EXPECT_EQ(live[1].phase(), pb::EventRecord::LIVE);
+  EXPECT_TRUE(live[1].has_time());
   auto raised =
       context_.events().raise(greet_, std::make_shared<pb::PingRequest>(pingRequest("z")));
   ASSERT_TRUE(await(loop(), raised));
-  ASSERT_TRUE(awaitCondition(loop(), [&] { return live.size() == 3; }));
-  EXPECT_EQ(live[1].phase(), pb::EventRecord::RAISED);
-  EXPECT_EQ(live[1].type(), "rpc-test.greet");
-  EXPECT_THAT(live[1].payload_json(), HasSubstr("\"payload\""));
-  EXPECT_EQ(live[2].phase(), pb::EventRecord::SUCCEEDED);
-  EXPECT_EQ(live[2].event_id(), live[1].event_id());
-  EXPECT_TRUE(live[2].has_duration());
+  ASSERT_TRUE(awaitCondition(loop(), [&] { return live.size() == 4; }));
+  EXPECT_EQ(live[2].phase(), pb::EventRecord::RAISED);
+  EXPECT_EQ(live[2].type(), "rpc-test.greet");
+  EXPECT_THAT(live[2].payload_json(), HasSubstr("\"payload\""));
+  EXPECT_EQ(live[3].phase(), pb::EventRecord::SUCCEEDED);
+  EXPECT_EQ(live[3].event_id(), live[2].event_id());
+  EXPECT_TRUE(live[3].has_duration());
   // Events of other types are filtered out.
   auto other = context_.events().raise(EventType::of("other.thing"));
   ASSERT_TRUE(await(loop(), other));
   EXPECT_THAT(errorOf(other), HasSubstr("no handler"));
-  EXPECT_FALSE(loop().runUntil([&] { return live.size() > 3; }, 50ms));
+  EXPECT_FALSE(loop().runUntil([&] { return live.size() > 4; }, 50ms));
 
   watching.cancel();
   EXPECT_THROW((void)watching.value(), Cancelled);
