@@ -29,6 +29,7 @@ StaticContext::StaticContext(Options options)
 
 StaticContext::~StaticContext() {
   current_.reset();
+  children_.reset();
   events_.reset();
   loop_.reset();
   gInstance = nullptr;
@@ -82,6 +83,13 @@ rpc::Node& StaticContext::node() const {
     throw std::logic_error("this context has no RPC node (it is not run by a daemon)");
   }
   return *node_;
+}
+
+ChildReaper& StaticContext::children() {
+  if (!children_) {
+    children_ = std::make_unique<ChildReaper>(*loop_, posix());
+  }
+  return *children_;
 }
 
 }  // namespace snow

@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
@@ -279,10 +280,21 @@ Future<void> Daemon::transaction(const config::Document& document) {
       });
 }
 
+void Daemon::becomeSubreaper() {
+  // Children that the modules' children leave behind become ours instead of init's, so that the
+  // daemon can bury them (no zombies) and a service's leftovers stay within reach.
+  const auto r = context_.posix().prctl(PR_SET_CHILD_SUBREAPER, 1);
+  if (!r.ok()) {
+    context_.logger().warn("cannot become a child subreaper: {}", std::strerror(r.errnum));
+  }
+  context_.children().reapOrphans(true);
+}
+
 Future<void> Daemon::start() {
   busy_ = true;  // A SIGHUP during start-up must not run a second transaction beside this one.
   return guarded([this] {
            config::Document document = readConfiguration();
+           becomeSubreaper();
            startTracing(document);
            loadModules(document);
            startNode(document);

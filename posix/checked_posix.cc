@@ -29,9 +29,12 @@ bool CheckedPosix::isFlowControl(int errnum) noexcept {
 
 bool CheckedPosix::passesThrough(std::string_view call, int errnum) noexcept {
   // Probes, whose "no" is an answer rather than a failure: is there a child left to reap, is this
-  // process alive, does this plugin export this symbol.
+  // process alive, does this plugin export this symbol, is there such a user or group, may this
+  // file be executed.
   return isFlowControl(errnum) || (call == "waitpid" && errnum == ECHILD) ||
-         (call == "kill" && errnum == ESRCH) || (call == "dlsym" && errnum == ENOENT);
+         (call == "kill" && errnum == ESRCH) || (call == "dlsym" && errnum == ENOENT) ||
+         ((call == "lookupUser" || call == "lookupGroup") && errnum == ENOENT) ||
+         (call == "access" && (errnum == EACCES || errnum == ENOENT));
 }
 
 #define SNOW_POSIX_METHOD(Return, name, parameters, arguments, describeArguments)     \

@@ -34,6 +34,9 @@ template <typename T>
 std::string value(const T& returned) {
   if constexpr (std::is_same_v<T, std::vector<DirectoryEntry>>) {
     return fmt::format("{} entries", returned.size());
+  } else if constexpr (std::is_same_v<T, UserRecord>) {
+    return fmt::format("uid={} gid={} groups={}", returned.uid, returned.gid,
+                       returned.groups.size());
   } else if constexpr (std::is_same_v<T, char*> || std::is_same_v<T, const char*>) {
     return returned == nullptr ? std::string("nullptr") : path(returned);
   } else if constexpr (std::is_pointer_v<T>) {

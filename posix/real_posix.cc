@@ -1,6 +1,7 @@
 #include "real_posix.h"
 
 #include <cerrno>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -9,6 +10,8 @@
 #include <dirent.h>
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
 #include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/wait.h>
@@ -221,6 +224,85 @@ Result<uid_t> RealPosix::geteuid() {
 
 Result<const char*> RealPosix::getenv(const char* name) {
   return {::getenv(name), 0};
+}
+
+namespace {
+
+// A name, or an id written in decimal (as `chown 1000:1000` takes it).
+bool parseId(const char* text, unsigned long* out) {
+  if (text == nullptr || *text == '\0') {
+    return false;
+  }
+  char* end = nullptr;
+  errno = 0;
+  *out = std::strtoul(text, &end, 10);
+  return errno == 0 && *end == '\0' && *out <= 0xffffffffUL;
+}
+
+}  // namespace
+
+Result<UserRecord> RealPosix::lookupUser(const char* nameOrId) {
+  struct passwd entry {};
+  struct passwd* found = nullptr;
+  std::vector<char> buffer(4096);
+  unsigned long id = 0;
+  for (;;) {
+    const int error =
+        parseId(nameOrId, &id)
+            ? ::getpwuid_r(static_cast<uid_t>(id), &entry, buffer.data(), buffer.size(), &found)
+            : ::getpwnam_r(nameOrId, &entry, buffer.data(), buffer.size(), &found);
+    if (error == ERANGE && buffer.size() < (1U << 20)) {
+      buffer.resize(buffer.size() * 4);
+      continue;
+    }
+    if (error != 0) {
+      return {{}, error};
+    }
+    if (found == nullptr) {
+      return {{}, ENOENT};
+    }
+    break;
+  }
+  UserRecord record;
+  record.uid = entry.pw_uid;
+  record.gid = entry.pw_gid;
+  record.home = entry.pw_dir != nullptr ? entry.pw_dir : "";
+  record.shell = entry.pw_shell != nullptr ? entry.pw_shell : "";
+  int count = 16;
+  record.groups.resize(static_cast<size_t>(count));
+  while (::getgrouplist(entry.pw_name, entry.pw_gid, record.groups.data(), &count) < 0) {
+    record.groups.resize(static_cast<size_t>(count));
+  }
+  record.groups.resize(static_cast<size_t>(count));
+  return {std::move(record), 0};
+}
+
+Result<gid_t> RealPosix::lookupGroup(const char* nameOrId) {
+  struct group entry {};
+  struct group* found = nullptr;
+  std::vector<char> buffer(4096);
+  unsigned long id = 0;
+  for (;;) {
+    const int error =
+        parseId(nameOrId, &id)
+            ? ::getgrgid_r(static_cast<gid_t>(id), &entry, buffer.data(), buffer.size(), &found)
+            : ::getgrnam_r(nameOrId, &entry, buffer.data(), buffer.size(), &found);
+    if (error == ERANGE && buffer.size() < (1U << 20)) {
+      buffer.resize(buffer.size() * 4);
+      continue;
+    }
+    if (error != 0) {
+      return {0, error};
+    }
+    if (found == nullptr) {
+      return {0, ENOENT};
+    }
+    return {entry.gr_gid, 0};
+  }
+}
+
+Result<int> RealPosix::access(const char* path, int mode) {
+  return fromReturn(::access(path, mode));
 }
 
 Result<void*> RealPosix::dlopen(const char* path, int flags, std::string* error) {

@@ -97,6 +97,10 @@ SNOW_CHILD_CODE int childMain(void* raw) {
       rawSyscall(SYS_rt_sigaction, sig, arg(&defaults), 0, sizeof(unsigned long));
     }
   }
+  if (request.cgroupProcsFd >= 0 &&
+      (r = rawSyscall(SYS_write, request.cgroupProcsFd, arg("0"), 1)) < 0) {
+    return fail(state, "write(cgroup.procs)", r);
+  }
   if (request.newSession && (r = rawSyscall(SYS_setsid)) < 0) {
     return fail(state, "setsid", r);
   }

@@ -24,6 +24,7 @@
 #include "snow/contexts/dynamic_context.h"
 #include "snow/core/dispatcher.h"
 #include "snow/core/event.h"
+#include "snow/core/process.h"
 #include "snow/posix/posix.h"
 
 namespace snow {
@@ -82,6 +83,10 @@ class StaticContext {
   [[nodiscard]] bool hasNode() const noexcept { return node_ != nullptr; }
   void setNode(rpc::Node* node) noexcept { node_ = node; }
 
+  // The process's one reaper of child processes (process.h), made on first use: it listens for
+  // SIGCHLD from then on. Every module that starts children hands them to it.
+  [[nodiscard]] ChildReaper& children();
+
  private:
   static uint64_t randomOrigin(posix::Posix& os);
 
@@ -92,6 +97,7 @@ class StaticContext {
   std::unique_ptr<EventTree> events_;
   DynamicContextPtr current_;
   rpc::Node* node_ = nullptr;
+  std::unique_ptr<ChildReaper> children_;
 };
 
 }  // namespace snow

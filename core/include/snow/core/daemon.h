@@ -88,6 +88,7 @@ class Daemon {
   [[nodiscard]] core::v1::TracingConfig decodeTracingSection(
       const config::Document& document) const;
   // Makes the tracer of the `tracing:` section the context's, before anything starts a span.
+  void becomeSubreaper();
   void startTracing(const config::Document& document);
   void closeTracing();
   // Makes the RPC node from the `rpc:` section and starts serving.

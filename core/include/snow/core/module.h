@@ -157,12 +157,12 @@ __attribute__((visibility("hidden"))) inline ModuleRegistration* gLocalRegistrat
 
 __attribute__((visibility("hidden"))) inline void registerLocalModules(ModuleRegistry* registry,
                                                                        const char* origin) {
-  std::vector<const ModuleRegistration*> inOrder;
+  std::vector<const ModuleRegistration*> backwards;  // The list is built backwards.
   for (const ModuleRegistration* r = gLocalRegistrations; r != nullptr; r = r->next) {
-    inOrder.insert(inOrder.begin(), r);  // The list is built backwards.
+    backwards.push_back(r);
   }
-  for (const ModuleRegistration* r : inOrder) {
-    registry->add(ModuleInfo{r->name, r->version, origin, r->factory});
+  for (auto it = backwards.rbegin(); it != backwards.rend(); ++it) {
+    registry->add(ModuleInfo{(*it)->name, (*it)->version, origin, (*it)->factory});
   }
 }
 

@@ -16,7 +16,9 @@
 //     EINPROGRESS, EINTR;
 //   - ECHILD from waitpid (the "no more children" of a WNOHANG reaping loop);
 //   - ESRCH from kill (the "no such process" of a kill(pid, 0) probe);
-//   - ENOENT from dlsym (the "no such symbol" of a plugin probe).
+//   - ENOENT from dlsym (the "no such symbol" of a plugin probe);
+//   - ENOENT from lookupUser and lookupGroup (no such account);
+//   - EACCES and ENOENT from access (the answer access() exists to give).
 //
 // Thread: as the inner layer. Ownership: owns the inner layer only when given a PosixPtr.
 

@@ -50,12 +50,21 @@ struct DirectoryEntry {
   unsigned char type = DT_UNKNOWN;  // DT_REG, DT_DIR, DT_LNK, ... as readdir(3) reports it.
 };
 
+// An account as the user database (getpwnam_r, getgrouplist) describes it.
+struct UserRecord {
+  uid_t uid = 0;
+  gid_t gid = 0;  // The primary group.
+  std::string home;
+  std::string shell;
+  std::vector<gid_t> groups;  // Every group the user is in, the primary one included.
+};
+
 // What spawn() sets up in the child before it executes `path`. Every step runs in the child
 // between clone() and execve(), with async-signal-safe system calls only, in this order: every
-// signal's disposition back to default; setsid (newSession); chdir (cwd); the resource limits;
-// stdin/stdout/stderr and passFds placed at 0, 1, 2 and 3, 4, ... with every other descriptor
-// closed; setgroups, setresgid, setresuid (setIds); the parent-death signal (after the ids,
-// which would clear it); LISTEN_PID; an empty signal mask; execve.
+// signal's disposition back to default; joining the cgroup (cgroupProcsFd); setsid (newSession);
+// chdir (cwd); the resource limits; stdin/stdout/stderr and passFds placed at 0, 1, 2 and 3, 4, ...
+// with every other descriptor closed; setgroups, setresgid, setresuid (setIds); the parent-death
+// signal (after the ids, which would clear it); LISTEN_PID; an empty signal mask; execve.
 struct SpawnRequest {
   struct Limit {
     int resource = 0;  // RLIMIT_NOFILE, RLIMIT_CORE, ...
@@ -67,7 +76,10 @@ struct SpawnRequest {
   char* const* envp = nullptr;  // Null-terminated.
   const char* cwd = nullptr;    // Null: the parent's.
   bool newSession = true;       // Its own session and process group (pgid = sid = pid).
-  int stdinFd = -1;             // -1: the parent's stdin, stdout, stderr.
+  // An open (O_WRONLY) cgroup.procs file of a cgroup v2 directory: the child moves itself there
+  // before anything else, so that nothing it ever starts is outside. -1: stay in the parent's.
+  int cgroupProcsFd = -1;
+  int stdinFd = -1;  // -1: the parent's stdin, stdout, stderr.
   int stdoutFd = -1;
   int stderrFd = -1;
   std::span<const int> passFds;  // Placed at 3, 4, ...; the child closes every other fd.
@@ -146,9 +158,14 @@ class Posix {
   virtual Result<int> prctl(int option, unsigned long arg2) = 0;
 
   // Identity and environment. getenv() of an unset name is not a failure: value is nullptr and
-  // errnum 0.
+  // errnum 0. lookupUser() and lookupGroup() take a name or a decimal id; one that the user
+  // database does not know fails with ENOENT. access() checks against the real uid, as
+  // access(2) does.
   virtual Result<uid_t> geteuid() = 0;
   virtual Result<const char*> getenv(const char* name) = 0;
+  virtual Result<UserRecord> lookupUser(const char* nameOrId) = 0;
+  virtual Result<gid_t> lookupGroup(const char* nameOrId) = 0;
+  virtual Result<int> access(const char* path, int mode) = 0;
 
   // Time and randomness.
   virtual Result<int> clockGettime(clockid_t clock, struct timespec* out) = 0;
