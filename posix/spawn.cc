@@ -72,7 +72,8 @@ struct KernelSigaction {
 struct ChildState {
   const SpawnRequest* request = nullptr;
   pid_t parent = 0;
-  int error = 0;  // Written by the child when a step fails.
+  bool joinCgroup = false;  // clone3 could not start it in request->cgroupFd.
+  int error = 0;            // Written by the child when a step fails.
   const char* step = nullptr;
 };
 
@@ -97,9 +98,16 @@ SNOW_CHILD_CODE int childMain(void* raw) {
       rawSyscall(SYS_rt_sigaction, sig, arg(&defaults), 0, sizeof(unsigned long));
     }
   }
-  if (request.cgroupProcsFd >= 0 &&
-      (r = rawSyscall(SYS_write, request.cgroupProcsFd, arg("0"), 1)) < 0) {
-    return fail(state, "write(cgroup.procs)", r);
+  if (state->joinCgroup) {
+    const long procs =
+        rawSyscall(SYS_openat, request.cgroupFd, arg("cgroup.procs"), O_WRONLY | O_CLOEXEC);
+    if (procs < 0) {
+      return fail(state, "open(cgroup.procs)", procs);
+    }
+    if ((r = rawSyscall(SYS_write, procs, arg("0"), 1)) < 0) {
+      return fail(state, "write(cgroup.procs)", r);
+    }
+    rawSyscall(SYS_close, procs);
   }
   if (request.newSession && (r = rawSyscall(SYS_setsid)) < 0) {
     return fail(state, "setsid", r);
@@ -178,6 +186,48 @@ SNOW_CHILD_CODE int childMain(void* raw) {
   return fail(state, "execve", r);
 }
 
+// struct clone_args of clone3(2), up to `cgroup` (Linux 5.7).
+struct CloneArgs {
+  uint64_t flags = 0;
+  uint64_t pidfd = 0;
+  uint64_t childTid = 0;
+  uint64_t parentTid = 0;
+  uint64_t exitSignal = 0;
+  uint64_t stack = 0;
+  uint64_t stackSize = 0;
+  uint64_t tls = 0;
+  uint64_t setTid = 0;
+  uint64_t setTidSize = 0;
+  uint64_t cgroup = 0;
+};
+constexpr uint64_t kCloneIntoCgroup = 0x200000000ULL;  // CLONE_INTO_CGROUP
+
+// clone3 has no libc wrapper that runs a function on the new stack: the child resumes after the
+// syscall instruction on `args->stack`, so the jump to childMain is written here. The child keeps
+// the parent's registers (but rax, rcx, r11), so r12 and r13 carry the function and its argument.
+// Returns the child's pid or -errno, in the parent only; the child never returns from here.
+[[gnu::noinline]] SNOW_CHILD_CODE long clone3Into(CloneArgs* args, int (*fn)(void*), void* fnArg) {
+  long result = 0;
+  register long function asm("r12") = reinterpret_cast<long>(fn);
+  register long argument asm("r13") = reinterpret_cast<long>(fnArg);
+  asm volatile(
+      "syscall\n\t"
+      "test %%rax, %%rax\n\t"
+      "jnz 1f\n\t"
+      "xor %%ebp, %%ebp\n\t"  // The child: a fresh stack, aligned for the call.
+      "mov %%r13, %%rdi\n\t"
+      "call *%%r12\n\t"
+      "mov %%eax, %%edi\n\t"
+      "mov $231, %%eax\n\t"  // exit_group(childMain's result); childMain never returns, though.
+      "syscall\n\t"
+      "hlt\n\t"
+      "1:\n\t"
+      : "=a"(result)
+      : "a"(SYS_clone3), "D"(args), "S"(sizeof(CloneArgs)), "r"(function), "r"(argument)
+      : "rcx", "r11", "memory");
+  return result;
+}
+
 }  // namespace
 
 Result<pid_t> RealPosix::spawn(const SpawnRequest& request) {
@@ -197,9 +247,26 @@ Result<pid_t> RealPosix::spawn(const SpawnRequest& request) {
   sigset_t old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
-  const pid_t pid = ::clone(&childMain, static_cast<char*>(stack) + kChildStackBytes,
-                            CLONE_VM | CLONE_VFORK | SIGCHLD, &state);
-  const int cloneError = errno;
+  pid_t pid = -1;
+  int cloneError = 0;
+  if (request.cgroupFd >= 0) {
+    CloneArgs args;
+    args.flags = CLONE_VM | CLONE_VFORK | kCloneIntoCgroup;
+    args.exitSignal = SIGCHLD;
+    args.stack = reinterpret_cast<uint64_t>(stack);
+    args.stackSize = kChildStackBytes;
+    args.cgroup = static_cast<uint64_t>(request.cgroupFd);
+    const long r = clone3Into(&args, &childMain, &state);
+    pid = static_cast<pid_t>(r);
+    cloneError = r < 0 ? static_cast<int>(-r) : 0;
+    // No clone3, or none with CLONE_INTO_CGROUP: the child joins the cgroup itself.
+    state.joinCgroup = r == -ENOSYS || r == -E2BIG || r == -EINVAL;
+  }
+  if (request.cgroupFd < 0 || state.joinCgroup) {
+    pid = ::clone(&childMain, static_cast<char*>(stack) + kChildStackBytes,
+                  CLONE_VM | CLONE_VFORK | SIGCHLD, &state);
+    cloneError = errno;
+  }
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
   ::munmap(stack, kChildStackBytes);
   if (pid < 0) {

@@ -28,7 +28,6 @@
 namespace snowctl {
 
 namespace pb = snow::rpc::v1;
-using google::protobuf::util::TimeUtil;
 
 std::vector<CommandSet>& commandSets() {
   static std::vector<CommandSet> sets;

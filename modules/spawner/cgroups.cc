@@ -31,12 +31,6 @@ std::string readSmallFile(posix::Posix& os, const std::string& path) {
   }
 }
 
-bool writeSmallFile(posix::Posix& os, const std::string& path, std::string_view text) {
-  posix::FileDescriptor fd(
-      posix::tolerant([&] { return os.open(path.c_str(), O_WRONLY | O_CLOEXEC, 0); }).value);
-  return fd && posix::tolerant([&] { return os.write(fd.get(), text.data(), text.size()); }).ok();
-}
-
 // FNV-1a: a short, stable directory name for an instance.
 uint64_t fnv1a(std::string_view text) {
   uint64_t hash = 0xcbf29ce484222325ULL;
@@ -146,28 +140,35 @@ posix::FileDescriptor Cgroups::prepare(const std::string& service, std::string* 
     *why = fmt::format("cannot make {}: {}", dir, std::strerror(r.errnum));
     return {};
   }
-  const std::string procsPath = dir + "/cgroup.procs";
-  posix::FileDescriptor procs(
-      posix::tolerant([&] { return os_.open(procsPath.c_str(), O_WRONLY | O_CLOEXEC, 0); }).value);
-  if (!procs) {
-    *why = fmt::format("cannot open {}/cgroup.procs", dir);
+  posix::FileDescriptor directory(posix::tolerant([&] {
+                                    return os_.open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC,
+                                                    0);
+                                  }).value);
+  if (!directory) {
+    *why = fmt::format("cannot open {}", dir);
   }
-  return procs;
+  return directory;
 }
 
 size_t Cgroups::kill(const std::string& service) {
-  const std::vector<pid_t> before = pids(service);
-  if (before.empty()) {
-    return 0;
-  }
-  // cgroup.kill (Linux 5.14) kills atomically, forks in flight included; the per-pid loop is
-  // for older kernels.
-  if (!writeSmallFile(os_, fmt::format("{}/{}/cgroup.kill", root_, service), "1")) {
-    for (const pid_t pid : before) {
+  // Not cgroup.kill: on Linux 6.18 (at least) a cgroup once killed that way kills every child
+  // later cloned into it with CLONE_INTO_CGROUP (its kill sequence never matches the fork's
+  // again), so the service's next run would die at birth. Each pid instead, a few passes to
+  // catch what forked meanwhile.
+  size_t killed = 0;
+  for (int pass = 0; pass < 4; ++pass) {
+    const std::vector<pid_t> found = pids(service);
+    if (found.empty()) {
+      break;
+    }
+    if (pass == 0) {
+      killed = found.size();
+    }
+    for (const pid_t pid : found) {
       (void)posix::tolerant([&] { return os_.kill(pid, SIGKILL); });
     }
   }
-  return before.size();
+  return killed;
 }
 
 void Cgroups::remove(const std::string& service) {

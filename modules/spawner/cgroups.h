@@ -4,7 +4,7 @@
 //
 // Why: a process group is left by any process that calls setsid(), and nothing is left behind
 // when the daemon is SIGKILLed. A cgroup holds everything a service ever started, so a stop kills
-// all of it (cgroup.kill), and leftovers of a daemon that was killed are found at its next start
+// all of it, and leftovers of a daemon that was killed are found at its next start
 // and stopped (cleanUp). No controllers are enabled: the cgroups only group processes.
 //
 // Thread: loop thread. Errors: open() returns null and says why when cgroups cannot be used;
@@ -38,7 +38,7 @@ class Cgroups {
   // Returns "name: N processes" for each cgroup that still held processes.
   std::vector<std::string> cleanUp();
 
-  // The cgroup of `service`, made if needed; returns its cgroup.procs opened for spawn().
+  // The cgroup of `service`, made if needed; returns its directory opened for spawn().
   posix::FileDescriptor prepare(const std::string& service, std::string* why);
 
   // SIGKILLs every process in the service's cgroup; returns how many were there.

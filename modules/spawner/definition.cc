@@ -128,7 +128,7 @@ std::string resolveProgram(posix::Posix& os, const std::string& command, std::st
     if (dir.empty() || dir.front() != '/') {
       continue;
     }
-    const std::string candidate = fmt::format("{}/{}", dir, command);
+    std::string candidate = fmt::format("{}/{}", dir, command);
     std::string reason;
     if (usable(candidate, &reason)) {
       return candidate;
@@ -238,7 +238,7 @@ Definition define(posix::Posix& os, const std::string& name, const pb::ServiceSp
   }
   std::vector<std::string> declared;
   for (const auto& [key, value] : spec.env()) {
-    declared.push_back(key + "=" + value);
+    declared.push_back(fmt::format("{}={}", key, value));
   }
   std::sort(declared.begin(), declared.end());  // Maps iterate in any order; children see one.
   d.env.insert(d.env.end(), declared.begin(), declared.end());
@@ -265,12 +265,13 @@ Definition define(posix::Posix& os, const std::string& name, const pb::ServiceSp
   }
 
   for (const auto& [key, value] : spec.limits()) {
+    const std::string& limitName = key;  // A structured binding cannot be captured in C++20.
     const auto* known = std::find_if(kLimits.begin(), kLimits.end(),
-                                     [&](const LimitName& l) { return l.name == key; });
+                                     [&](const LimitName& l) { return l.name == limitName; });
     if (known == kLimits.end()) {
       std::string names;
       for (const auto& l : kLimits) {
-        names += (names.empty() ? "" : ", ") + std::string(l.name);
+        names.append(names.empty() ? "" : ", ").append(l.name);
       }
       problem("limits", fmt::format("no limit '{}'; known: {}", key, names));
       continue;
@@ -344,11 +345,7 @@ Definition define(posix::Posix& os, const std::string& name, const pb::ServiceSp
   }
 
   if (!problems.empty()) {
-    std::string text;
-    for (const auto& p : problems) {
-      text += (text.empty() ? "" : "\n") + p;
-    }
-    throw std::invalid_argument(text);
+    throw std::invalid_argument(fmt::format("{}", fmt::join(problems, "\n")));
   }
   return d;
 }

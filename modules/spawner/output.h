@@ -27,7 +27,7 @@ namespace snow::spawner {
 namespace pb = snow::spawner::v1;
 
 // Lines longer than this are cut: a child writing without newlines must not grow the daemon.
-inline constexpr size_t kMaxLineBytes = 16 * 1024;
+inline constexpr size_t kMaxLineBytes = size_t{16} * 1024;
 
 class OutputPipe {
  public:

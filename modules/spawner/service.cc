@@ -97,7 +97,7 @@ Service::~Service() {
     waiter.setValue();
   }
   if (env_.cgroups != nullptr && cgroupPrepared_) {
-    cgroupProcs_.reset();
+    cgroup_.reset();
     env_.cgroups->remove(name());
   }
 }
@@ -150,9 +150,9 @@ Future<void> Service::stop() {
 void Service::spawnOnce() {
   if (env_.cgroups != nullptr && !cgroupPrepared_) {
     std::string why;
-    cgroupProcs_ = env_.cgroups->prepare(name(), &why);
+    cgroup_ = env_.cgroups->prepare(name(), &why);
     cgroupPrepared_ = true;
-    if (!cgroupProcs_) {
+    if (!cgroup_) {
       env_.log.warn("service {} runs without its own cgroup: {}", name(), why);
     }
   }
@@ -162,7 +162,7 @@ void Service::spawnOnce() {
   request.envp = envp_.data();
   request.cwd = definition_.workingDirectory.c_str();
   request.newSession = true;
-  request.cgroupProcsFd = cgroupProcs_ ? cgroupProcs_.get() : -1;
+  request.cgroupFd = cgroup_ ? cgroup_.get() : -1;
   request.stdinFd = env_.devNull;
   request.stdoutFd = stdout_->writeFd();
   request.stderrFd = stderr_->writeFd();
@@ -305,7 +305,7 @@ void Service::killEverything(int signal, bool mainAlive) {
       (void)posix::tolerant([&] { return env_.os.kill(pid_, signal); });
     }
   }
-  if (signal == SIGKILL && env_.cgroups != nullptr && cgroupProcs_) {
+  if (signal == SIGKILL && env_.cgroups != nullptr && cgroup_) {
     env_.cgroups->kill(name());  // And whatever escaped the group.
   }
 }

@@ -126,7 +126,7 @@ class Service : public std::enable_shared_from_this<Service> {
   std::shared_ptr<LogRing> logs_;
   std::unique_ptr<OutputPipe> stdout_;
   std::unique_ptr<OutputPipe> stderr_;
-  posix::FileDescriptor cgroupProcs_;
+  posix::FileDescriptor cgroup_;  // The service's cgroup directory, for spawn().
   bool cgroupPrepared_ = false;
 
   // What spawn() reads, built once: argv and envp as C arrays over strings kept here.

@@ -223,7 +223,7 @@ void addCommands(CLI::App& app, std::vector<Command>& commands) {
   commands.push_back({submitCommand, submit});
 }
 
-SNOWCTL_COMMANDS(addCommands);
+SNOWCTL_COMMANDS(addCommands);  // NOLINT(cert-err58-cpp): at start-up, as CLI11's statics.
 
 }  // namespace
 }  // namespace snowctl

@@ -49,12 +49,18 @@ class Spawner final : public ConfiguredModule<pb::SpawnerConfig> {
     for (const auto& [name, spec] : config.services()) {
       const std::string where = "modules.spawner.services." + name;
       try {
-        const Definition d = define(context.posix(), name, spec, config.log_lines(), where);
-        for (size_t i = 0; i < d.sockets.size(); ++i) {
-          checkBindable(d.sockets[i], fmt::format("{}.sockets[{}]", where, i), problems);
-        }
+        (void)define(context.posix(), name, spec, config.log_lines(), where);
       } catch (const std::invalid_argument& e) {
         problems.emplace_back(e.what());
+      }
+      for (int i = 0; i < spec.sockets_size(); ++i) {
+        SocketDefinition socket;
+        try {
+          socket.address = net::Address::parse(spec.sockets(i).address());
+        } catch (const std::exception&) {
+          continue;  // define() named it.
+        }
+        checkBindable(socket, fmt::format("{}.sockets[{}]", where, i), problems);
       }
       if (auto it = services_.find(name);
           it != services_.end() && it->second->origin() != kConfig) {
@@ -65,11 +71,8 @@ class Spawner final : public ConfiguredModule<pb::SpawnerConfig> {
       }
     }
     if (!problems.empty()) {
-      std::string text;
-      for (const auto& p : problems) {
-        text += (text.empty() ? "" : "\n") + p;
-      }
-      return makeErrorFuture<void>(std::invalid_argument(text));
+      return makeErrorFuture<void>(
+          std::invalid_argument(fmt::format("{}", fmt::join(problems, "\n"))));
     }
     return makeReadyFuture();
   }

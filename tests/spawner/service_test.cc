@@ -25,6 +25,7 @@
 
 #include "cgroups.h"
 #include "definition.h"
+#include "processes.h"
 #include "support/await.h"
 #include "support/files.h"
 
@@ -35,19 +36,6 @@ using namespace std::chrono_literals;
 using ::testing::HasSubstr;
 namespace pb = spawner::pb;
 using spawner::Lifecycle;
-
-// The state of `pid` in /proc: 'R', 'S', 'Z', ... or 0 when there is no such process.
-char processState(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const size_t paren = all.rfind(')');
-  return paren == std::string::npos || paren + 2 >= all.size() ? 0 : all[paren + 2];
-}
-
-bool gone(pid_t pid) {
-  const char state = processState(pid);
-  return state == 0 || state == 'Z' || state == 'X';
-}
 
 // This process's children: {living, zombies}.
 std::pair<int, int> children() {
@@ -80,7 +68,7 @@ class ServiceTest : public ::testing::Test {
   ServiceTest() : os_(posix::makeDefaultPosix()), injected_(*os_) {
     environment_ = std::make_unique<spawner::ServiceEnvironment>(spawner::ServiceEnvironment{
         *loop_, *os_, reaper_, *spdlog::default_logger(), nullptr, devNull_.get(),
-        [this](Lifecycle what, std::shared_ptr<pb::ServiceEvent> event) {
+        [this](Lifecycle what, const std::shared_ptr<pb::ServiceEvent>& event) {
           lifecycle_.push_back({what, *event, loop_->now()});
         }});
   }
@@ -298,45 +286,21 @@ TEST_F(ServiceTest, ASocketActivatedChildKeepsAcceptingWhileItIsKilledAndRestart
   ASSERT_THAT(lines(*service).front(), HasSubstr("serving as"));
 
   // A client connects over and over while the child is killed five times.
-  std::atomic<bool> done{false};
-  std::atomic<int> answered{0};
-  std::atomic<int> refused{0};
-  std::set<std::string> pids;
-  std::thread client([&] {
-    while (!done) {
-      const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      sockaddr_in to{};
-      to.sin_family = AF_INET;
-      to.sin_port = htons(port);
-      to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-      if (::connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof(to)) != 0) {
-        ++refused;
-      } else {
-        char buffer[32] = {};
-        const ssize_t n = ::read(fd, buffer, sizeof(buffer) - 1);
-        if (n > 0) {
-          pids.insert(std::string(buffer, static_cast<size_t>(n)));
-          ++answered;
-        }
-      }
-      ::close(fd);
-    }
-  });
+  ConnectLoop client(port);
   for (int kill = 0; kill < 5; ++kill) {
     const pid_t pid = service->pid();
-    const int before = answered;
-    ASSERT_TRUE(awaitPolled(*loop_, [&] { return answered > before + 20; }));
+    const int before = client.answered();
+    ASSERT_TRUE(awaitPolled(*loop_, [&] { return client.answered() > before + 20; }));
     ASSERT_EQ(::kill(pid, SIGKILL), 0);
     ASSERT_TRUE(awaitCondition(*loop_, [&] {
       return service->pid() != pid && service->state() == pb::ServiceStatus::RUNNING;
     }));
   }
-  const int before = answered;
-  ASSERT_TRUE(awaitPolled(*loop_, [&] { return answered > before + 20; }));
-  done = true;
-  client.join();
-  EXPECT_EQ(refused, 0) << "the socket stayed open and listening through every restart";
-  EXPECT_GE(pids.size(), 6U) << "answers came from every one of the six children";
+  const int before = client.answered();
+  ASSERT_TRUE(awaitPolled(*loop_, [&] { return client.answered() > before + 20; }));
+  client.stop();
+  EXPECT_EQ(client.refused(), 0) << "the socket stayed open and listening through every restart";
+  EXPECT_GE(client.answers().size(), 6U) << "answers came from every one of the six children";
   EXPECT_EQ(count(Lifecycle::Restarted), 5U);
   ASSERT_TRUE(await(*loop_, service->stop()));
 }

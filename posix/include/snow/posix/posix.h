@@ -61,7 +61,8 @@ struct UserRecord {
 
 // What spawn() sets up in the child before it executes `path`. Every step runs in the child
 // between clone() and execve(), with async-signal-safe system calls only, in this order: every
-// signal's disposition back to default; joining the cgroup (cgroupProcsFd); setsid (newSession);
+// signal's disposition back to default; joining the cgroup (cgroupFd, when clone3 could not start
+// it there); setsid (newSession);
 // chdir (cwd); the resource limits; stdin/stdout/stderr and passFds placed at 0, 1, 2 and 3, 4, ...
 // with every other descriptor closed; setgroups, setresgid, setresuid (setIds); the parent-death
 // signal (after the ids, which would clear it); LISTEN_PID; an empty signal mask; execve.
@@ -76,9 +77,10 @@ struct SpawnRequest {
   char* const* envp = nullptr;  // Null-terminated.
   const char* cwd = nullptr;    // Null: the parent's.
   bool newSession = true;       // Its own session and process group (pgid = sid = pid).
-  // An open (O_WRONLY) cgroup.procs file of a cgroup v2 directory: the child moves itself there
-  // before anything else, so that nothing it ever starts is outside. -1: stay in the parent's.
-  int cgroupProcsFd = -1;
+  // An open cgroup v2 directory: the child starts there (clone3's CLONE_INTO_CGROUP, so nothing
+  // it ever starts is outside, and no migration is paid: moving a process costs ~15 ms on some
+  // kernels). Kernels without it: the child moves itself first thing. -1: the parent's cgroup.
+  int cgroupFd = -1;
   int stdinFd = -1;  // -1: the parent's stdin, stdout, stderr.
   int stdoutFd = -1;
   int stderrFd = -1;
