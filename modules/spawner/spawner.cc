@@ -7,8 +7,10 @@
 // anew, a removed one is stopped, a new one is started. Services submitted through RPC are not
 // part of the configuration and live until removed.
 
+#include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -133,9 +135,13 @@ class Spawner final : public ConfiguredModule<pb::SpawnerConfig> {
   }
 
   Future<void> stop() override {
+    stopping_ = true;
     rpc_.clear();
     std::vector<Future<void>> stops;
     for (auto& [name, service] : services_) {
+      stops.push_back(service->stop());
+    }
+    for (const auto& service : retiring_) {
       stops.push_back(service->stop());
     }
     return all(std::move(stops)).whenSettled([this](const Future<void>&) {
@@ -209,30 +215,34 @@ class Spawner final : public ConfiguredModule<pb::SpawnerConfig> {
       auto service = std::make_shared<Service>(*environment_, definition, plan_.sockets[name],
                                                std::string(kConfig));
       services_[name] = service;
-      if (!definition.autostart) {
-        if (previous) {
-          retire(previous);
+      if (!previous) {
+        if (definition.autostart) {
+          service->start();
         }
         continue;
       }
-      if (!previous) {
-        service->start();
-        continue;
-      }
       // Changed: the old one ends first (it may hold what the new one needs, like its cgroup).
-      previous->stop()
-          .whenSettled([previous, weak = std::weak_ptr<Service>(service)](const Future<void>&) {
-            if (auto next = weak.lock()) {
-              next->start();
-            }
-          })
-          .detach();
+      retire(previous, [weak = std::weak_ptr<Service>(service), autostart = definition.autostart] {
+        if (auto next = weak.lock(); next && autostart) {
+          next->start();
+        }
+      });
     }
   }
 
-  // Stops a service that left the configuration; it lives until it ended.
-  static void retire(const std::shared_ptr<Service>& service) {
-    service->stop().whenSettled([service](const Future<void>&) {}).detach();
+  // Stops a service that left the configuration or was replaced. It lives until it ended, and
+  // the module's stop() waits for it as for the others; then `then` runs, unless the module is
+  // stopping by then.
+  void retire(const std::shared_ptr<Service>& service, std::function<void()> then = {}) {
+    retiring_.insert(service);
+    service->stop()
+        .whenSettled([this, service, then = std::move(then)](const Future<void>&) {
+          retiring_.erase(service);
+          if (then && !stopping_) {
+            then();
+          }
+        })
+        .detach();
   }
 
   std::shared_ptr<Service> find(const std::string& name) {
@@ -363,6 +373,8 @@ class Spawner final : public ConfiguredModule<pb::SpawnerConfig> {
   std::map<uint64_t, Plan> pending_;
   Plan plan_;
   bool started_ = false;
+  bool stopping_ = false;
+  std::set<std::shared_ptr<Service>> retiring_;
   posix::FileDescriptor devNull_;
   std::unique_ptr<Cgroups> cgroups_;
   std::unique_ptr<ServiceEnvironment> environment_;

@@ -62,7 +62,7 @@ for f in bin/snow-core lib/cmake/SnowCore/SnowCoreConfig.cmake \
   lib/cmake/SnowCore/SnowCoreConfigVersion.cmake lib/cmake/SnowCore/SnowCoreTargets.cmake \
   lib/cmake/SnowCore/SnowProtobuf.cmake lib/cmake/SnowCore/SnowPlugin.cmake \
   include/snow/core/module.h include/snow/posix/posix.h include/snow/contexts/static_context.h \
-  lib/systemd/system/snow-core.service; do
+  lib/systemd/system/snow-core.service lib/snow-core/plugins/spawner.so; do
   [ -e "$prefix/$f" ] || fail "the install tree lacks $f"
 done
 ls "$prefix"/lib/libsnow-core.so* >/dev/null 2>&1 || fail "the install tree lacks lib/libsnow-core.so*"
