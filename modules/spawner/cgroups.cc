@@ -124,7 +124,7 @@ std::vector<std::string> Cgroups::cleanUp() {
     if (entry.type != DT_DIR) {
       continue;
     }
-    const size_t count = kill(entry.name);
+    const size_t count = killAll(entry.name);
     if (count > 0) {
       found.push_back(fmt::format("{}: {} process{}", entry.name, count, count == 1 ? "" : "es"));
     }
@@ -150,7 +150,7 @@ posix::FileDescriptor Cgroups::prepare(const std::string& service, std::string* 
   return directory;
 }
 
-size_t Cgroups::kill(const std::string& service) {
+size_t Cgroups::killAll(const std::string& service) {
   // Not cgroup.kill: on Linux 6.18 (at least) a cgroup once killed that way kills every child
   // later cloned into it with CLONE_INTO_CGROUP (its kill sequence never matches the fork's
   // again), so the service's next run would die at birth. Each pid instead, a few passes to

@@ -42,7 +42,7 @@ class Cgroups {
   posix::FileDescriptor prepare(const std::string& service, std::string* why);
 
   // SIGKILLs every process in the service's cgroup; returns how many were there.
-  size_t kill(const std::string& service);
+  size_t killAll(const std::string& service);
   // Removes the (empty) cgroup of `service`.
   void remove(const std::string& service);
 

@@ -306,7 +306,7 @@ void Service::killEverything(int signal, bool mainAlive) {
     }
   }
   if (signal == SIGKILL && env_.cgroups != nullptr && cgroup_) {
-    env_.cgroups->kill(name());  // And whatever escaped the group.
+    env_.cgroups->killAll(name());  // And whatever escaped the group.
   }
 }
 
