@@ -7,14 +7,13 @@
 #include <limits>
 #include <system_error>
 
-#include <fcntl.h>
 #include <fmt/format.h>
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/duration.pb.h>
 #include <google/protobuf/reflection.h>
 #include <yaml-cpp/yaml.h>
 
-#include "snow/posix/file_descriptor.h"
+#include "snow/posix/files.h"
 
 namespace snow::config {
 namespace {
@@ -112,17 +111,6 @@ const pb::EnumValueDescriptor* findEnumValue(const pb::EnumDescriptor& type,
     }
   }
   return nullptr;
-}
-
-// A CheckedPosix (the daemon's layer) throws std::system_error where the plain layers return
-// errnum; both come back as a Result here, so that parseFile's failures are ConfigErrors.
-template <typename T, typename Call>
-posix::Result<T> errnoOf(Call&& call) {
-  try {
-    return call();
-  } catch (const std::system_error& e) {
-    return {T{}, e.code().value()};
-  }
 }
 
 // Parses `text` as an integer of type T and stores it through `set`, or `add` for an element
@@ -408,27 +396,13 @@ Document Document::parseString(std::string_view text, std::string sourceName) {
 }
 
 Document Document::parseFile(posix::Posix& os, const std::string& path) {
-  auto opened = errnoOf<int>([&] { return os.open(path.c_str(), O_RDONLY | O_CLOEXEC, 0); });
-  if (!opened.ok()) {
-    throw ConfigError({path + ": cannot open: " + std::system_category().message(opened.errnum)});
+  const char* call = nullptr;
+  auto text = posix::readFile(os, path, &call);
+  if (!text.ok()) {
+    throw ConfigError({fmt::format("{}: cannot {}: {}", path, call,
+                                   std::system_category().message(text.errnum))});
   }
-  posix::FileDescriptor fd(opened.value);
-  std::string text;
-  char buffer[16384];
-  for (;;) {
-    auto r = errnoOf<ssize_t>([&] { return os.read(fd.get(), buffer, sizeof(buffer)); });
-    if (!r.ok()) {
-      if (r.errnum == EINTR) {
-        continue;
-      }
-      throw ConfigError({path + ": cannot read: " + std::system_category().message(r.errnum)});
-    }
-    if (r.value == 0) {
-      break;
-    }
-    text.append(buffer, static_cast<size_t>(r.value));
-  }
-  return parseString(text, path);
+  return parseString(text.value, path);
 }
 
 std::unique_ptr<YAML::Node> Document::find(std::string_view keyPath) const {

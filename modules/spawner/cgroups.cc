@@ -10,26 +10,10 @@
 #include <spdlog/spdlog.h>
 
 #include "snow/posix/checked_posix.h"
+#include "snow/posix/files.h"
 
 namespace snow::spawner {
 namespace {
-
-std::string readSmallFile(posix::Posix& os, const std::string& path) {
-  posix::FileDescriptor fd(
-      posix::tolerant([&] { return os.open(path.c_str(), O_RDONLY | O_CLOEXEC, 0); }).value);
-  std::string out;
-  if (!fd) {
-    return out;
-  }
-  char buffer[4096];
-  for (;;) {
-    auto r = posix::tolerant([&] { return os.read(fd.get(), buffer, sizeof(buffer)); });
-    if (!r.ok() || r.value <= 0) {
-      return out;
-    }
-    out.append(buffer, static_cast<size_t>(r.value));
-  }
-}
 
 // FNV-1a: a short, stable directory name for an instance.
 uint64_t fnv1a(std::string_view text) {
@@ -43,7 +27,7 @@ uint64_t fnv1a(std::string_view text) {
 // Where cgroup v2 is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid systems), from
 // /proc/self/mountinfo: "... mount-point options - cgroup2 source options".
 std::string cgroup2Mount(posix::Posix& os) {
-  std::istringstream lines(readSmallFile(os, "/proc/self/mountinfo"));
+  std::istringstream lines(posix::readFile(os, "/proc/self/mountinfo").value);
   std::string line;
   while (std::getline(lines, line)) {
     const size_t dash = line.find(" - cgroup2 ");
@@ -60,7 +44,7 @@ std::string cgroup2Mount(posix::Posix& os) {
 
 // The daemon's own cgroup v2 path ("0::/system.slice/snow-core.service").
 std::string ownCgroup(posix::Posix& os) {
-  std::istringstream lines(readSmallFile(os, "/proc/self/cgroup"));
+  std::istringstream lines(posix::readFile(os, "/proc/self/cgroup").value);
   std::string line;
   while (std::getline(lines, line)) {
     if (line.starts_with("0::")) {
@@ -109,7 +93,8 @@ Cgroups::~Cgroups() {
 
 std::vector<pid_t> Cgroups::pids(const std::string& service) const {
   std::vector<pid_t> out;
-  std::istringstream in(readSmallFile(os_, fmt::format("{}/{}/cgroup.procs", root_, service)));
+  std::istringstream in(
+      posix::readFile(os_, fmt::format("{}/{}/cgroup.procs", root_, service)).value);
   pid_t pid = 0;
   while (in >> pid) {
     out.push_back(pid);

@@ -21,6 +21,7 @@
 #include "snow/core/tracing.h"
 #include "snow/posix/checked_posix.h"
 #include "snow/posix/file_descriptor.h"
+#include "snow/posix/files.h"
 
 #include "call_span.h"
 #include "completion_pump.h"
@@ -679,28 +680,12 @@ std::string readPemFile(posix::Posix& os, const std::string& path, const char* w
   if (path.empty()) {
     throw std::runtime_error(fmt::format("rpc tls: the {} file is not set", what));
   }
-  auto opened = posix::tolerant([&] { return os.open(path.c_str(), O_RDONLY | O_CLOEXEC, 0); });
-  if (opened.errnum != 0) {
+  auto read = posix::readFile(os, path);
+  if (!read.ok()) {
     throw std::runtime_error(fmt::format("cannot read the {} {}: {}", what, path,
-                                         std::generic_category().message(opened.errnum)));
+                                         std::generic_category().message(read.errnum)));
   }
-  posix::FileDescriptor fd(opened.value);
-  std::string content;
-  char chunk[4096];
-  for (;;) {
-    auto got = posix::tolerant([&] { return os.read(fd.get(), chunk, sizeof chunk); });
-    if (got.errnum == EINTR) {
-      continue;
-    }
-    if (got.errnum != 0) {
-      throw std::runtime_error(fmt::format("cannot read the {} {}: {}", what, path,
-                                           std::generic_category().message(got.errnum)));
-    }
-    if (got.value == 0) {
-      break;
-    }
-    content.append(chunk, static_cast<size_t>(got.value));
-  }
+  std::string content = std::move(read.value);
   if (content.find("-----BEGIN") == std::string::npos) {
     throw std::runtime_error(fmt::format("the {} {} is not in PEM format", what, path));
   }
