@@ -239,29 +239,37 @@ bool parseId(const char* text, unsigned long* out) {
   return errno == 0 && *end == '\0' && *out <= 0xffffffffUL;
 }
 
-}  // namespace
-
-Result<UserRecord> RealPosix::lookupUser(const char* nameOrId) {
-  struct passwd entry {};
-  struct passwd* found = nullptr;
-  std::vector<char> buffer(4096);
-  unsigned long id = 0;
+// Runs a getpw*_r/getgr*_r `call(buffer, size, &found)` with a buffer grown on ERANGE; returns its
+// error, ENOENT when there is no such entry.
+template <typename Call>
+int lookUp(std::vector<char>& buffer, Call call) {
   for (;;) {
-    const int error =
-        parseId(nameOrId, &id)
-            ? ::getpwuid_r(static_cast<uid_t>(id), &entry, buffer.data(), buffer.size(), &found)
-            : ::getpwnam_r(nameOrId, &entry, buffer.data(), buffer.size(), &found);
+    bool found = false;
+    const int error = call(buffer.data(), buffer.size(), &found);
     if (error == ERANGE && buffer.size() < (1U << 20)) {
       buffer.resize(buffer.size() * 4);
       continue;
     }
-    if (error != 0) {
-      return {{}, error};
-    }
-    if (found == nullptr) {
-      return {{}, ENOENT};
-    }
-    break;
+    return error != 0 ? error : found ? 0 : ENOENT;
+  }
+}
+
+}  // namespace
+
+Result<UserRecord> RealPosix::lookupUser(const char* nameOrId) {
+  struct passwd entry {};
+  std::vector<char> buffer(4096);
+  unsigned long id = 0;
+  const bool numeric = parseId(nameOrId, &id);
+  const int error = lookUp(buffer, [&](char* data, size_t size, bool* found) {
+    struct passwd* result = nullptr;
+    const int e = numeric ? ::getpwuid_r(static_cast<uid_t>(id), &entry, data, size, &result)
+                          : ::getpwnam_r(nameOrId, &entry, data, size, &result);
+    *found = result != nullptr;
+    return e;
+  });
+  if (error != 0) {
+    return {{}, error};
   }
   UserRecord record;
   record.uid = entry.pw_uid;
@@ -279,26 +287,17 @@ Result<UserRecord> RealPosix::lookupUser(const char* nameOrId) {
 
 Result<gid_t> RealPosix::lookupGroup(const char* nameOrId) {
   struct group entry {};
-  struct group* found = nullptr;
   std::vector<char> buffer(4096);
   unsigned long id = 0;
-  for (;;) {
-    const int error =
-        parseId(nameOrId, &id)
-            ? ::getgrgid_r(static_cast<gid_t>(id), &entry, buffer.data(), buffer.size(), &found)
-            : ::getgrnam_r(nameOrId, &entry, buffer.data(), buffer.size(), &found);
-    if (error == ERANGE && buffer.size() < (1U << 20)) {
-      buffer.resize(buffer.size() * 4);
-      continue;
-    }
-    if (error != 0) {
-      return {0, error};
-    }
-    if (found == nullptr) {
-      return {0, ENOENT};
-    }
-    return {entry.gr_gid, 0};
-  }
+  const bool numeric = parseId(nameOrId, &id);
+  const int error = lookUp(buffer, [&](char* data, size_t size, bool* found) {
+    struct group* result = nullptr;
+    const int e = numeric ? ::getgrgid_r(static_cast<gid_t>(id), &entry, data, size, &result)
+                          : ::getgrnam_r(nameOrId, &entry, data, size, &result);
+    *found = result != nullptr;
+    return e;
+  });
+  return {error == 0 ? entry.gr_gid : 0, error};
 }
 
 Result<int> RealPosix::access(const char* path, int mode) {

@@ -89,6 +89,13 @@ std::string errnoText(int errnum) {
   return std::strerror(errnum);  // NOLINT(concurrency-mt-unsafe): glibc's is thread-safe.
 }
 
+// Why looking up the account `name` failed: "no user 'x'", or the lookup's own error.
+std::string lookupFailure(std::string_view kind, const std::string& name, int errnum) {
+  return errnum == ENOENT
+             ? fmt::format("no {} '{}'", kind, name)
+             : fmt::format("cannot look up {} '{}': {}", kind, name, errnoText(errnum));
+}
+
 // The executable `command` names, searched in `path` when it has no slash; "" and a reason when
 // there is none.
 std::string resolveProgram(posix::Posix& os, const std::string& command, std::string_view path,
@@ -184,9 +191,7 @@ Definition define(posix::Posix& os, const std::string& name, const pb::ServiceSp
   if (!spec.user().empty()) {
     auto user = os.lookupUser(spec.user().c_str());
     if (!user.ok()) {
-      problem("user", user.errnum == ENOENT ? fmt::format("no user '{}'", spec.user())
-                                            : fmt::format("cannot look up '{}': {}", spec.user(),
-                                                          errnoText(user.errnum)));
+      problem("user", lookupFailure("user", spec.user(), user.errnum));
     } else {
       d.setIds = true;
       d.uid = user.value.uid;
@@ -200,9 +205,7 @@ Definition define(posix::Posix& os, const std::string& name, const pb::ServiceSp
   if (!spec.group().empty()) {
     auto group = os.lookupGroup(spec.group().c_str());
     if (!group.ok()) {
-      problem("group", group.errnum == ENOENT ? fmt::format("no group '{}'", spec.group())
-                                              : fmt::format("cannot look up '{}': {}", spec.group(),
-                                                            errnoText(group.errnum)));
+      problem("group", lookupFailure("group", spec.group(), group.errnum));
     } else {
       if (!d.setIds) {  // Only a group: keep the daemon's user.
         d.setIds = true;

@@ -2,6 +2,7 @@
 
 #include <csignal>
 #include <cstring>
+#include <functional>
 
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -23,12 +24,9 @@ google::protobuf::Duration toProto(Duration d) {
   return TimeUtil::NanosecondsToDuration(d.count());
 }
 
-uint64_t seedOf(const std::string& name) {
-  uint64_t seed = 0x9e3779b97f4a7c15ULL;
-  for (const char c : name) {
-    seed = (seed ^ static_cast<unsigned char>(c)) * 0x100000001b3ULL;
-  }
-  return seed;
+google::protobuf::Timestamp toProto(std::chrono::system_clock::time_point t) {
+  return TimeUtil::NanosecondsToTimestamp(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count());
 }
 
 }  // namespace
@@ -48,7 +46,7 @@ Service::Service(ServiceEnvironment& environment, Definition definition,
       definition_(std::move(definition)),
       sockets_(std::move(sockets)),
       origin_(std::move(origin)),
-      backoff_(definition_.backoff, seedOf(definition_.name)),
+      backoff_(definition_.backoff, std::hash<std::string>{}(definition_.name)),
       logs_(std::make_shared<LogRing>(definition_.logLines)) {
   stdout_ = std::make_unique<OutputPipe>(
       env_.loop, env_.os, [this](std::string_view line) { onLine(pb::LogLine::STDOUT, line); });
@@ -345,10 +343,7 @@ void Service::onLine(pb::LogLine::Stream stream, std::string_view text) {
   env_.log.info("{}[{}]{} {}", name(), pid_, stream == pb::LogLine::STDERR ? " stderr:" : ":",
                 text);
   pb::LogLine line;
-  *line.mutable_time() =
-      TimeUtil::NanosecondsToTimestamp(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                           std::chrono::system_clock::now().time_since_epoch())
-                                           .count());
+  *line.mutable_time() = toProto(std::chrono::system_clock::now());
   line.set_service(name());
   line.set_pid(pid_);
   line.set_stream(stream);
@@ -361,8 +356,7 @@ pb::ServiceStatus Service::status() const {
   out.set_name(name());
   out.set_state(state_);
   out.set_pid(pid_);
-  *out.mutable_since() = TimeUtil::NanosecondsToTimestamp(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(since_.time_since_epoch()).count());
+  *out.mutable_since() = toProto(since_);
   out.set_restarts(restarts_);
   out.set_last_exit(lastExit_);
   out.set_origin(origin_);
