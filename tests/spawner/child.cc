@@ -75,21 +75,23 @@ int ignoreTerm() {
 }
 
 int escape(const char* file) {
+  // The grandchild reports itself only after setsid(), so whoever reads the report sees it
+  // outside the service's process group already.
   const pid_t grandchild = fork();
   if (grandchild == 0) {
     setsid();
+    FILE* out = std::fopen(file, "w");
+    if (out == nullptr) {
+      return 4;
+    }
+    std::fprintf(out, "%d\n", static_cast<int>(getpid()));
+    std::fclose(out);
+    std::printf("escaped: %d\n", static_cast<int>(getpid()));
+    std::fflush(stdout);
     for (;;) {
       pause();
     }
   }
-  FILE* out = std::fopen(file, "w");
-  if (out == nullptr) {
-    return 4;
-  }
-  std::fprintf(out, "%d\n", static_cast<int>(grandchild));
-  std::fclose(out);
-  std::printf("escaped: %d\n", static_cast<int>(grandchild));
-  std::fflush(stdout);
   for (;;) {
     pause();
   }
