@@ -5,6 +5,8 @@ find_package(Threads REQUIRED)
 find_package(PkgConfig REQUIRED)
 # libevent_pthreads gives the loop its thread-safe wake-up, which post() relies on.
 pkg_check_modules(LIBEVENT REQUIRED IMPORTED_TARGET libevent_core libevent_pthreads)
+# libsodium: Ed25519 node keys, X25519, BLAKE2b and ChaCha20-Poly1305 for the portal (README).
+pkg_check_modules(SODIUM REQUIRED IMPORTED_TARGET libsodium)
 find_package(OpenTracing REQUIRED)
 find_package(fmt REQUIRED)
 find_package(spdlog REQUIRED)

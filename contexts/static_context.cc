@@ -75,7 +75,11 @@ void StaticContext::setTracer(std::shared_ptr<opentracing::Tracer> tracer) {
 }
 
 std::string StaticContext::nodeId() const {
-  return fmt::format("{:016x}", origin_);
+  return identity_ ? identity_->nodeId() : fmt::format("{:016x}", origin_);
+}
+
+void StaticContext::setIdentity(std::shared_ptr<const NodeIdentity> identity) {
+  identity_ = std::move(identity);
 }
 
 rpc::Node& StaticContext::node() const {

@@ -129,6 +129,37 @@ core::v1::TracingConfig Daemon::decodeTracingSection(const config::Document& doc
   });
 }
 
+std::string configuredKeyDirectory(posix::Posix& os, const std::string& configFile) {
+  const config::Document document =
+      configFile.empty()
+          ? config::Document::parseString(kDefaultConfiguration, "built-in default configuration")
+          : config::Document::parseFile(os, configFile);
+  core::v1::DaemonConfig daemon;
+  document.decode("daemon", daemon);
+  return daemon.key_directory();
+}
+
+void Daemon::takeIdentity(const config::Document& document) {
+  const std::string directory = decodeDaemonSection(document).key_directory();
+  auto& os = context_.posix();
+  if (directory.empty()) {
+    context_.setIdentity(std::make_shared<NodeIdentity>(NodeIdentity::generate(os)));
+    context_.logger().info(
+        "node id {} (ephemeral: daemon.key_directory is not set, a restart makes a new one)",
+        context_.nodeId());
+    return;
+  }
+  if (!NodeIdentity::existsIn(os, directory)) {
+    NodeIdentity made = NodeIdentity::generate(os);
+    made.save(os, directory, false);
+    context_.logger().info("made a node key in {} (first start)", directory);
+    context_.setIdentity(std::make_shared<NodeIdentity>(std::move(made)));
+  } else {
+    context_.setIdentity(std::make_shared<NodeIdentity>(NodeIdentity::load(os, directory)));
+  }
+  context_.logger().info("node id {} (key in {})", context_.nodeId(), directory);
+}
+
 void Daemon::startTracing(const config::Document& document) {
   const core::v1::TracingConfig config = decodeTracingSection(document);
   uint64_t seed = 0;
@@ -295,6 +326,7 @@ Future<void> Daemon::start() {
   return guarded([this] {
            config::Document document = readConfiguration();
            becomeSubreaper();
+           takeIdentity(document);
            startTracing(document);
            loadModules(document);
            startNode(document);
@@ -319,6 +351,10 @@ Future<void> Daemon::start() {
 Future<void> Daemon::check() {
   return guarded([this] {
     config::Document document = readConfiguration();
+    if (const std::string keys = decodeDaemonSection(document).key_directory();
+        !keys.empty() && NodeIdentity::existsIn(context_.posix(), keys)) {
+      (void)NodeIdentity::load(context_.posix(), keys);  // Throws what is wrong with it.
+    }
     loadModules(document);
     (void)decodeRpcSection(document);
     (void)decodeTracingSection(document);

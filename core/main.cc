@@ -5,6 +5,7 @@
 // SIGTERM and SIGINT stop the modules in reverse order and exit 0.
 
 #include <csignal>
+#include <cstdio>
 
 #include <spdlog/spdlog.h>
 
@@ -87,6 +88,34 @@ int run(const Options& options) {
   return exitCode;
 }
 
+struct KeygenOptions {
+  std::string keyDirectory;
+  std::string configFile;
+  bool force = false;
+};
+
+// `snow-core keygen`: the node id on stdout (for scripts), what was written on stderr.
+int keygen(const KeygenOptions& options) {
+  snow::posix::PosixPtr os = snow::posix::makeDefaultPosix();
+  snow::posix::ScopedInjector osInstalled(*os);
+  std::string directory = options.keyDirectory;
+  if (directory.empty()) {
+    directory = snow::configuredKeyDirectory(*os, options.configFile);
+    if (directory.empty()) {
+      std::fprintf(stderr,
+                   "snow-core keygen: no key directory: give --key-dir DIR, or --config FILE "
+                   "whose daemon.key_directory is set\n");
+      return 2;
+    }
+  }
+  const snow::NodeIdentity identity = snow::NodeIdentity::generate(*os);
+  identity.save(*os, directory, options.force);
+  std::fprintf(stderr, "snow-core keygen: wrote %s/node.key (secret) and %s/node.pub\n",
+               directory.c_str(), directory.c_str());
+  std::printf("%s\n", identity.nodeId().c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -110,10 +139,29 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--trace-syscalls", options.traceSyscalls,
                "log every system call at trace level (slow; for debugging)");
+  KeygenOptions keygenOptions;
+  CLI::App* keygenCommand =
+      app.add_subcommand("keygen", "make this node's key pair (Ed25519) and print its node id");
+  keygenCommand->add_option(
+      "--key-dir", keygenOptions.keyDirectory,
+      "where to write node.key and node.pub (default: daemon.key_directory of "
+      "--config)");
+  keygenCommand->add_option("--config", keygenOptions.configFile, "configuration file (YAML)")
+      ->check(CLI::ExistingFile);
+  keygenCommand->add_flag("--force", keygenOptions.force,
+                          "replace an existing key: the node gets a new id, and peers that "
+                          "pinned the old one refuse it");
   CLI11_PARSE(app, argc, argv);
   try {
+    if (keygenCommand->parsed()) {
+      return keygen(keygenOptions);
+    }
     return run(options);
   } catch (const std::exception& e) {
+    if (keygenCommand->parsed()) {
+      std::fprintf(stderr, "snow-core keygen: %s\n", e.what());
+      return 1;
+    }
     spdlog::critical("snow-core failed: {}", e.what());
     return 1;
   }

@@ -491,7 +491,7 @@ TEST(ConfigDaemonSectionTest, ErrorsReadAsTheOperatorSeesThem) {
             }),
             "/etc/snow/snow.yaml:2:18: daemon.plugin_errors: 'ignore' is not one of: REFUSE, SKIP\n"
             "/etc/snow/snow.yaml:3:3: daemon.stop_timout: unknown key (did you mean "
-            "'stop_timeout'?); known keys: plugin_errors, stop_timeout");
+            "'stop_timeout'?); known keys: plugin_errors, stop_timeout, key_directory");
 }
 
 }  // namespace

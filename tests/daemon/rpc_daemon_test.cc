@@ -63,9 +63,10 @@ TEST_F(RpcDaemonTest, SnowctlStatusModulesPingAndReloadAgainstARunningDaemon) {
   DaemonProcess daemon(*loop_, {"--modules", SNOW_GREETER_PLUGIN_DIR});
   ASSERT_NE(daemon.waitForLog("ready:"), std::string::npos) << daemon.log();
   const std::string node = daemon.node();
-  const size_t origin = daemon.log().find("event id origin ");
-  ASSERT_NE(origin, std::string::npos);
-  const std::string nodeId = daemon.log().substr(origin + 16, 16);
+  // The node id the daemon logged at start (its key's hash, 32 hex digits) names it everywhere.
+  const size_t named = daemon.log().find("node id ");
+  ASSERT_NE(named, std::string::npos);
+  const std::string nodeId = daemon.log().substr(named + 8, 32);
 
   auto [statusCode, status] = snowctl({"--node", node, "status"});
   EXPECT_EQ(statusCode, 0) << status;

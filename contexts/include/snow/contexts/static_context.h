@@ -24,6 +24,7 @@
 #include "snow/contexts/dynamic_context.h"
 #include "snow/core/dispatcher.h"
 #include "snow/core/event.h"
+#include "snow/core/identity.h"
 #include "snow/core/process.h"
 #include "snow/posix/posix.h"
 
@@ -65,8 +66,16 @@ class StaticContext {
   // section. Call before anything started a span: the event tree refuses (std::logic_error)
   // while events are live, and components made earlier keep the tracer they were given.
   void setTracer(std::shared_ptr<opentracing::Tracer> tracer);
-  // This node's id in logs, RPC answers and traces: the event id origin in 16 hex digits.
+  // This node's id in logs, RPC answers, events and traces: its identity's node id (identity.h),
+  // or, before it has one (bare contexts in tests), the event id origin in 16 hex digits.
   [[nodiscard]] std::string nodeId() const;
+  // The node's key pair, as the daemon set it at start-up; nullptr before (bare contexts).
+  [[nodiscard]] const std::shared_ptr<const NodeIdentity>& identity() const noexcept {
+    return identity_;
+  }
+  // Gives the node its identity, as the daemon does first thing at start-up. Event ids keep their
+  // random per-process origin: a node's id outlives restarts, and event ids must not repeat.
+  void setIdentity(std::shared_ptr<const NodeIdentity> identity);
   [[nodiscard]] uint64_t origin() const noexcept { return origin_; }
 
   // The current configuration generation, or nullptr before the first one was installed.
@@ -93,6 +102,7 @@ class StaticContext {
   std::shared_ptr<opentracing::Tracer> tracer_;
   std::shared_ptr<spdlog::logger> logger_;
   uint64_t origin_;
+  std::shared_ptr<const NodeIdentity> identity_;
   DispatcherPtr loop_;
   std::unique_ptr<EventTree> events_;
   DynamicContextPtr current_;

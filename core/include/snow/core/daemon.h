@@ -56,6 +56,10 @@ struct DaemonOptions {
 // The configuration used when no file is given.
 extern const char* const kDefaultConfiguration;
 
+// daemon.key_directory of `configFile` (the built-in default configuration when empty), for
+// `snow-core keygen`. Throws config::ConfigError for a file that cannot be read or decoded.
+std::string configuredKeyDirectory(posix::Posix& os, const std::string& configFile);
+
 class Daemon {
  public:
   Daemon(StaticContext& context, DaemonOptions options);
@@ -90,6 +94,9 @@ class Daemon {
   // Makes the tracer of the `tracing:` section the context's, before anything starts a span.
   void becomeSubreaper();
   void startTracing(const config::Document& document);
+  // The node's identity from daemon.key_directory (made there at the first start), or an
+  // ephemeral one; throws what NodeIdentity::load/save throw.
+  void takeIdentity(const config::Document& document);
   void closeTracing();
   // Makes the RPC node from the `rpc:` section and starts serving.
   void startNode(const config::Document& document);
