@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 
 #include "snow/posix/active.h"
+
 #include "support/files.h"
 
 namespace snow::testing {
