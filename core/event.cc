@@ -45,6 +45,14 @@ class TypeRegistry {
     return {index, &stored};
   }
 
+  std::optional<std::pair<uint32_t, const std::string*>> find(std::string_view name) {
+    std::shared_lock lock(mutex_);
+    if (auto it = byName_.find(name); it != byName_.end()) {
+      return std::make_pair(it->second, &names_[it->second]);
+    }
+    return std::nullopt;
+  }
+
  private:
   static void validate(std::string_view name) {
     const bool ok = !name.empty() && std::all_of(name.begin(), name.end(), [](char c) {
@@ -107,6 +115,13 @@ std::optional<EventId> EventId::parse(std::string_view text) noexcept {
 EventType EventType::of(std::string_view name) {
   auto [index, interned] = TypeRegistry::instance().intern(name);
   return EventType(index, interned);
+}
+
+std::optional<EventType> EventType::find(std::string_view name) {
+  if (auto found = TypeRegistry::instance().find(name)) {
+    return EventType(found->first, found->second);
+  }
+  return std::nullopt;
 }
 
 // ---- Event -------------------------------------------------------------------------------------
@@ -218,6 +233,10 @@ EventTree::Registration EventTree::on(EventType type, Handler handler) {
   }
   handlers_[type.index()] = std::move(handler);
   return Registration(*this, type);
+}
+
+bool EventTree::handles(EventType type) const noexcept {
+  return type.index() < handlers_.size() && static_cast<bool>(handlers_[type.index()]);
 }
 
 Future<MessagePtr> EventTree::raise(EventType type, MessagePtr payload) {

@@ -67,18 +67,22 @@ std::optional<std::string> FrameDecoder::next() {
   return body;
 }
 
+std::string frameHeader(uint32_t length) {
+  std::string header(kFrameHeaderBytes, '\0');
+  header[0] = static_cast<char>(length >> 24);
+  header[1] = static_cast<char>((length >> 16) & 0xff);
+  header[2] = static_cast<char>((length >> 8) & 0xff);
+  header[3] = static_cast<char>(length & 0xff);
+  return header;
+}
+
 std::string encodeFrame(std::string_view body, size_t maxFrameBytes) {
   if (body.empty() || body.size() > maxFrameBytes) {
     throw FrameError(fmt::format("cannot send a frame of {} bytes (1 to {} allowed)", body.size(),
                                  maxFrameBytes));
   }
-  const auto length = static_cast<uint32_t>(body.size());
-  std::string frame;
+  std::string frame = frameHeader(static_cast<uint32_t>(body.size()));
   frame.reserve(kFrameHeaderBytes + body.size());
-  frame += static_cast<char>(length >> 24);
-  frame += static_cast<char>((length >> 16) & 0xff);
-  frame += static_cast<char>((length >> 8) & 0xff);
-  frame += static_cast<char>(length & 0xff);
   frame.append(body);
   return frame;
 }
@@ -107,6 +111,24 @@ v1::Envelope decodeEnvelope(std::string_view json) {
                                           excerpt(envelope.id())));
   }
   return envelope;
+}
+
+v1::Envelope errorEnvelope(std::string_view code, std::string_view message, std::string_view ref) {
+  v1::Envelope error;
+  error.set_type("portal.error");
+  auto& fields = *error.mutable_payload()->mutable_struct_value()->mutable_fields();
+  fields["code"].set_string_value(std::string(code));
+  fields["message"].set_string_value(std::string(message));
+  if (!ref.empty()) {
+    fields["ref"].set_string_value(std::string(ref));
+  }
+  return error;
+}
+
+std::string payloadField(const v1::Envelope& envelope, const char* name) {
+  const auto& fields = envelope.payload().struct_value().fields();
+  auto it = fields.find(name);
+  return it != fields.end() ? it->second.string_value() : std::string();
 }
 
 std::string encodeEnvelope(const v1::Envelope& envelope) {

@@ -39,6 +39,10 @@ class FrameDecoder {
  public:
   explicit FrameDecoder(size_t maxFrameBytes = kDefaultMaxFrameBytes) : max_(maxFrameBytes) {}
 
+  // Changes the limit for the frames not yet announced (the handshake raises it from the small
+  // pre-authentication one to the negotiated size).
+  void setLimit(size_t maxFrameBytes) noexcept { max_ = maxFrameBytes; }
+
   // Appends bytes read from the connection.
   void feed(std::string_view bytes);
   // The next complete frame's body, or nullopt until more bytes come. Throws FrameError as soon
@@ -54,11 +58,22 @@ class FrameDecoder {
   size_t offset_ = 0;  // Consumed bytes at the front of buffer_, dropped in bulk.
 };
 
+// The 4-byte header of a frame of `length` bytes.
+std::string frameHeader(uint32_t length);
+
 // The frame holding `body`. Throws FrameError when body is empty or over `maxFrameBytes`.
 std::string encodeFrame(std::string_view body, size_t maxFrameBytes = kDefaultMaxFrameBytes);
 
 // The envelope in `json`, checked: valid JSON, only known keys, type and id well-formed.
 v1::Envelope decodeEnvelope(std::string_view json);
+// A `portal.error` (docs/protocol/portal.md): `code` from the protocol's list, `message` for
+// people, `ref` the id of the message it is about (none when empty). Id and sender are the
+// sender's to set.
+v1::Envelope errorEnvelope(std::string_view code, std::string_view message,
+                           std::string_view ref = {});
+// A payload field of `envelope` as a string ("" when absent or not a string).
+std::string payloadField(const v1::Envelope& envelope, const char* name);
+
 // Compact JSON, as decodeEnvelope reads it back.
 std::string encodeEnvelope(const v1::Envelope& envelope);
 

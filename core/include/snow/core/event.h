@@ -60,6 +60,9 @@ class EventType {
  public:
   // Interns `name` (thread-safe). Throws std::invalid_argument for an empty or malformed name.
   static EventType of(std::string_view name);
+  // The type named `name` if it was interned, without interning it: for names from the network,
+  // which must not grow the table (a type nobody interned has no handler anyway).
+  static std::optional<EventType> find(std::string_view name);
 
   [[nodiscard]] std::string_view name() const noexcept { return *name_; }
   [[nodiscard]] uint32_t index() const noexcept { return index_; }
@@ -203,6 +206,8 @@ class EventTree {
 
   // Registers the handler of `type`. Throws std::logic_error when the type has one already.
   [[nodiscard]] Registration on(EventType type, Handler handler);
+  // Whether `type` has a handler now.
+  [[nodiscard]] bool handles(EventType type) const noexcept;
 
   // Raises a root event. The handler runs on a later loop pass, never inline.
   Future<MessagePtr> raise(EventType type, MessagePtr payload = nullptr);
