@@ -18,6 +18,7 @@
 #include <set>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include <fmt/format.h>
@@ -589,12 +590,20 @@ class Portal final : public ConfiguredModule<v1::PortalConfig> {
       link->retry->enable(Duration::zero());
       kept.push_back(std::move(link));
     }
-    for (auto& gone : links_) {
-      if (gone && gone->connection != nullptr) {
-        gone->connection->close("the peer was removed from the configuration");
+    // The links of removed peers leave links_ first, so that closing their connections (which
+    // calls onClosed) finds nothing to reconnect.
+    std::vector<std::unique_ptr<Link>> removed;
+    for (auto& link : links_) {
+      if (link) {
+        removed.push_back(std::move(link));
       }
     }
     links_ = std::move(kept);
+    for (auto& gone : removed) {
+      if (Connection* connection = std::exchange(gone->connection, nullptr)) {
+        connection->close("the peer was removed from the configuration");
+      }
+    }
   }
 
   void scheduleRetry(Link& link) {

@@ -247,6 +247,23 @@ TEST_F(PortalDaemonTest, TwoNodesThatListEachOtherAgreeOnOneConnection) {
       << peers(b).dump() << a.process->log() << b.process->log();
 }
 
+TEST_F(PortalDaemonTest, AReloadThatRemovesAPeerClosesItsConnectionAndOneThatAddsItConnects) {
+  Node b = start("b", listen());
+  Node a = start("a", listen(peer(b)));
+  ASSERT_NE(a.process->waitForLog("portal: connected to node " + b.id), std::string::npos);
+  writeConfig("a", listen());
+  a.process->signal(SIGHUP);
+  EXPECT_NE(a.process->waitForLog("disconnected from node " + b.id + " at " + b.address +
+                                  ": the peer was removed from the configuration"),
+            std::string::npos)
+      << a.process->log();
+  const size_t mark = a.process->log().size();
+  writeConfig("a", listen(peer(b)));
+  a.process->signal(SIGHUP);
+  EXPECT_NE(a.process->waitForLog("portal: connected to node " + b.id, mark), std::string::npos)
+      << a.process->log();
+}
+
 TEST_F(PortalDaemonTest, AKilledPeerIsReconnectedWhenItComesBack) {
   Node b = start("b", listen());
   Node a = start("a", listen(peer(b) + "    reconnect_initial: 50ms\n    reconnect_max: 200ms\n"));
