@@ -321,6 +321,11 @@ TEST_F(PortalDaemonTest, ThePythonClientFromTheProtocolPageTalksToModulesThrough
   EXPECT_THAT(out, HasSubstr(R"("type":"test.echoed")"));
   EXPECT_THAT(out, HasSubstr(R"("n":42)"));
   EXPECT_THAT(out, HasSubstr("no module of node " + b.id + " handles 'no.such.type'"));
+  // Inbound messages are events of their own type, with the portal.send they caused beneath.
+  auto [eventsCode, events] = snowctl(b, {"events"});
+  EXPECT_EQ(eventsCode, 0) << events;
+  EXPECT_THAT(events, HasSubstr("test.echo"));
+  EXPECT_THAT(events, HasSubstr("portal.send"));
 }
 
 TEST_F(PortalDaemonTest, ABroadcastReachesEveryConnectedPeer) {
