@@ -94,8 +94,33 @@ void Connection::onReady(uint32_t events) {
   if ((events & FileReady::kWrite) != 0) {
     flush();
   }
-  if ((events & (FileReady::kRead | FileReady::kClosed)) != 0 && isOpen()) {
-    readSome();
+  if ((events & (FileReady::kRead | FileReady::kClosed)) != 0) {
+    if (isOpen()) {
+      readSome();
+    } else if (state_ == State::Closing) {
+      drainClosing();
+    }
+  }
+}
+
+void Connection::drainClosing() {
+  // A lingering close, as HTTP servers do it: our error frame is out and our side shut for
+  // writing; what the peer still sends is read and dropped until it closes too. Closing at once
+  // instead would answer its next bytes with a reset, which destroys the error frame still
+  // unread in its receive buffer.
+  char buffer[4096];
+  for (int i = 0; i < kReadsPerWake; ++i) {
+    auto r = posix::tolerant([&] { return os_.read(fd_.get(), buffer, sizeof(buffer)); });
+    if (r.errnum == EINTR) {
+      continue;
+    }
+    if (r.errnum == EAGAIN || r.errnum == EWOULDBLOCK) {
+      return;
+    }
+    if (!r.ok() || r.value == 0) {
+      finish(closeReason_);
+      return;
+    }
   }
 }
 
@@ -355,7 +380,8 @@ void Connection::flush() {
     out_.clear();
     outOffset_ = 0;
     if (state_ == State::Closing) {
-      finish(closeReason_);
+      (void)posix::tolerant([&] { return os_.shutdown(fd_.get(), SHUT_WR); });
+      watch_->setEnabled(FileReady::kRead);
       return;
     }
   } else if (outOffset_ > (size_t{1} << 20) && outOffset_ > out_.size() / 2) {
@@ -375,17 +401,16 @@ void Connection::flush() {
                     queued, limits_.highWater));
     return;
   }
-  const uint32_t reading = state_ == State::Closing ? 0 : FileReady::kRead;
-  watch_->setEnabled(reading | (queuedBytes() > 0 ? FileReady::kWrite : 0));
+  watch_->setEnabled(FileReady::kRead | (queuedBytes() > 0 ? FileReady::kWrite : 0));
 }
 
 void Connection::tick() {
   const MonotonicTime now = loop_.now();
   if (now - lastReceived_ >= limits_.idleTimeout) {
-    fail(
-        "timeout",
-        fmt::format("nothing received for {} s",
-                    std::chrono::duration_cast<std::chrono::seconds>(limits_.idleTimeout).count()));
+    fail("timeout",
+         fmt::format(
+             "nothing received for {} ms (the idle timeout)",
+             std::chrono::duration_cast<std::chrono::milliseconds>(limits_.idleTimeout).count()));
     return;
   }
   if (now - lastSent_ >= limits_.idleTimeout / 3 && queuedBytes() == 0) {
@@ -415,13 +440,9 @@ void Connection::fail(const std::string& code, const std::string& message, const
   state_ = State::Closing;
   handshakeTimer_->disable();
   idleTimer_->disable();
-  if (queuedBytes() == 0) {
-    finish(closeReason_);
-    return;
-  }
-  watch_->setEnabled(FileReady::kWrite);
   lingerTimer_ = loop_.createTimer([this] { finish(closeReason_); });
   lingerTimer_->enable(kLinger);
+  flush();  // Shuts our side for writing once the error frame is out (then drainClosing).
 }
 
 void Connection::close(const std::string& reason) {

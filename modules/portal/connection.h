@@ -107,6 +107,7 @@ class Connection : public DeferredDeletable {
   void connected();
   void startHandshake();
   void readSome();
+  void drainClosing();
   void take(std::string_view bytes);
   void onFrame(const std::string& body);
   void onMessage(v1::Envelope&& envelope);

@@ -453,6 +453,21 @@ TEST_F(PortalDaemonTest, BadInputGetsAClearErrorAndTheNodeKeepsServing) {
   EXPECT_THAT(a.process->log(), Not(HasSubstr("disconnected")));
 }
 
+TEST_F(PortalDaemonTest, AnIdlePeerIsPingedThenClosedAtTheIdleTimeout) {
+  Node b = start("b", listen("    idle_timeout: 300ms\n"));
+  Node a = start("a", listen(peer(b) + "    idle_timeout: 300ms\n"));
+  ASSERT_NE(a.process->waitForLog("portal: connected to node " + b.id), std::string::npos);
+  // A client that goes quiet (it reads nothing, so it answers no ping) is closed...
+  auto [code, out] = client(b, {"stall", "0.7", "expect-close"});
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_THAT(out, HasSubstr("portal.ping"));
+  EXPECT_THAT(out, HasSubstr("nothing received for 300 ms (the idle timeout)"));
+  // ...while two nodes ping each other and stay connected through many idle timeouts.
+  loop_->runUntil([] { return false; }, 1500ms);
+  EXPECT_THAT(a.process->log(), Not(HasSubstr("disconnected")));
+  EXPECT_EQ(peers(a)["peers"].size(), 1U);
+}
+
 TEST_F(PortalDaemonTest, ASlowReaderIsDroppedInsteadOfBufferedWithoutBound) {
   Node b = start("b", listen("    output_high_water_bytes: 262144\n"));
   // 4,000 messages of 8 KiB at once (32 MB) to a client that reads nothing for a while.
