@@ -84,6 +84,7 @@ class FileEventImpl final : public FileEvent {
   int fd_;
   UniqueFunction<void(uint32_t)> onReady_;
   EventPtr event_;
+  uint32_t enabled_ = 0;
 };
 
 class SignalEventImpl final : public SignalEvent {
@@ -307,6 +308,10 @@ FileEventImpl::FileEventImpl(LibeventDispatcher& owner, event_base* base, int fd
 }
 
 void FileEventImpl::setEnabled(uint32_t events) {
+  if (event_ && events == enabled_) {
+    return;  // Callers re-assert their set on every write; each change costs epoll_ctl calls.
+  }
+  enabled_ = events;
   // libevent cannot change the watched set of an added event in place: replace it.
   event_.reset(event_new(base_, fd_, toLibevent(events), &FileEventImpl::onEvent, this));
   if (!event_) {

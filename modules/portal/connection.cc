@@ -6,6 +6,8 @@
 
 #include <fmt/format.h>
 #include <google/protobuf/util/time_util.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 
 #include "snow/posix/checked_posix.h"
@@ -46,6 +48,11 @@ Connection::Connection(Dispatcher& loop, posix::Posix& os, posix::FileDescriptor
       since_(TimeUtil::GetCurrentTime()),
       serial_(gSerial.fetch_add(1, std::memory_order_relaxed)) {
   settings_.maxFrame = limits_.maxMessage;
+  // Messages are small and latency matters more than segment count; writes are batched per loop
+  // pass already (transmit), so Nagle would only add delayed-ACK stalls.
+  const int one = 1;
+  (void)posix::tolerant(
+      [&] { return os_.setsockopt(fd_.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)); });
   watch_ = loop_.createFileEvent(
       fd_.get(), [this](uint32_t events) { onReady(events); },
       connecting ? FileReady::kWrite : FileReady::kRead);
@@ -64,7 +71,9 @@ Connection::Connection(Dispatcher& loop, posix::Posix& os, posix::FileDescriptor
   }
 }
 
-Connection::~Connection() = default;
+Connection::~Connection() {
+  *alive_ = false;
+}
 
 const char* Connection::stateName() const noexcept {
   switch (state_) {
@@ -330,8 +339,22 @@ bool Connection::transmit(v1::Envelope& envelope) {
   }
   ++stats_.messagesOut;
   handshake_->channel().sealInto(json, out_);
-  flush();
-  return isOpen();
+  if (queuedBytes() > limits_.highWater) {
+    flush();  // Drops the peer now if the socket cannot take it.
+    return isOpen();
+  }
+  // One write for everything sent during this loop pass (a burst of replies to one read, a
+  // broadcast): a write per message cost more than the sealing.
+  if (!flushScheduled_) {
+    flushScheduled_ = true;
+    loop_.schedule([this, alive = alive_] {
+      if (*alive) {
+        flushScheduled_ = false;
+        flush();
+      }
+    });
+  }
+  return true;
 }
 
 void Connection::queueEnvelope(v1::Envelope& envelope) {
@@ -357,6 +380,9 @@ void Connection::queue(std::string_view bytes) {
 }
 
 void Connection::flush() {
+  if (state_ == State::Closed) {
+    return;
+  }
   while (outOffset_ < out_.size()) {
     auto r = posix::tolerant(
         [&] { return os_.write(fd_.get(), out_.data() + outOffset_, out_.size() - outOffset_); });

@@ -79,8 +79,9 @@ class Connection : public DeferredDeletable {
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
 
-  // Seals and queues `envelope` (its sender is set to this node). False when not established
-  // or over the message limit; may close the connection when the peer does not read (overloaded).
+  // Seals and queues `envelope` (its sender is set to this node); what is queued during one loop
+  // pass goes out in one write at its end. False when not established or over the peer's
+  // message limit; closes the connection when the peer does not read (over the high-water mark).
   bool transmit(v1::Envelope& envelope);
   // Sends a `portal.error` (when the state allows one), then closes; `reason` is closeReason().
   void fail(const std::string& code, const std::string& message, const std::string& ref = {});
@@ -150,6 +151,9 @@ class Connection : public DeferredDeletable {
   uint64_t serial_;
   uint64_t nextId_ = 1;
   bool sealed_ = false;  // Our side seals from now on (we sent our auth).
+  bool flushScheduled_ = false;
+  // Cleared by the destructor: a flush scheduled on the loop must not outlive the connection.
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 
 }  // namespace snow::portal

@@ -1,9 +1,17 @@
 #include "frame.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <iterator>
+#include <utility>
+#include <vector>
 
 #include <fmt/format.h>
-#include <google/protobuf/util/json_util.h>
+#include <google/protobuf/util/time_util.h>
+#include <rapidjson/error/en.h>
+#include <rapidjson/memorystream.h>
+#include <rapidjson/reader.h>
 
 namespace snow::portal {
 namespace {
@@ -30,6 +38,54 @@ std::string excerpt(std::string_view text) {
     out += c >= ' ' && c < 127 ? c : '?';
   }
   return text.size() > 40 ? out + "..." : out;
+}
+
+// Whether `text` is well-formed UTF-8 (RFC 3629: no overlong forms, no surrogates, at most
+// U+10FFFF). Eight ASCII bytes at a time: RapidJSON's own validation cost more than the parse.
+bool validUtf8(std::string_view text) {
+  const auto* p = reinterpret_cast<const unsigned char*>(text.data());
+  const auto* end = p + text.size();
+  while (p < end) {
+    if (end - p >= 8) {
+      uint64_t eight = 0;
+      std::memcpy(&eight, p, 8);
+      if ((eight & 0x8080808080808080ULL) == 0) {
+        p += 8;
+        continue;
+      }
+    }
+    const unsigned char c = *p;
+    if (c < 0x80) {
+      ++p;
+      continue;
+    }
+    size_t length = 0;
+    uint32_t low = 0x80;  // The smallest second byte allowed (rules out overlong forms).
+    uint32_t high = 0xbf;
+    if (c >= 0xc2 && c <= 0xdf) {
+      length = 2;
+    } else if (c >= 0xe0 && c <= 0xef) {
+      length = 3;
+      low = c == 0xe0 ? 0xa0 : 0x80;
+      high = c == 0xed ? 0x9f : 0xbf;  // No UTF-16 surrogates.
+    } else if (c >= 0xf0 && c <= 0xf4) {
+      length = 4;
+      low = c == 0xf0 ? 0x90 : 0x80;
+      high = c == 0xf4 ? 0x8f : 0xbf;
+    } else {
+      return false;
+    }
+    if (static_cast<size_t>(end - p) < length || p[1] < low || p[1] > high) {
+      return false;
+    }
+    for (size_t i = 2; i < length; ++i) {
+      if ((p[i] & 0xc0U) != 0x80) {
+        return false;
+      }
+    }
+    p += length;
+  }
+  return true;
 }
 
 }  // namespace
@@ -87,15 +143,194 @@ std::string encodeFrame(std::string_view body, size_t maxFrameBytes) {
   return frame;
 }
 
+namespace {
+
+constexpr int kMaxPayloadDepth = 64;
+
+// Builds the envelope from RapidJSON's events (SAX): one pass, no intermediate document. Only the
+// envelope's keys are accepted at the top; the payload becomes a google.protobuf.Value.
+class EnvelopeReader : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, EnvelopeReader> {
+ public:
+  explicit EnvelopeReader(v1::Envelope& out) : out_(out) {}
+
+  [[nodiscard]] const std::string& problem() const noexcept { return problem_; }
+
+  bool Null() {
+    if (field_ == Field::Payload) {
+      slot()->set_null_value(google::protobuf::NULL_VALUE);
+      return scalarDone();
+    }
+    return field_ != Field::None ? fieldDone() : notAString();  // null for a field: absent.
+  }
+  bool Bool(bool b) {
+    if (field_ != Field::Payload) {
+      return notAString();
+    }
+    slot()->set_bool_value(b);
+    return scalarDone();
+  }
+  bool Int(int i) { return Double(i); }
+  bool Uint(unsigned u) { return Double(u); }
+  bool Int64(int64_t i) { return Double(static_cast<double>(i)); }
+  bool Uint64(uint64_t u) { return Double(static_cast<double>(u)); }
+  bool Double(double d) {
+    if (field_ != Field::Payload) {
+      return notAString();
+    }
+    slot()->set_number_value(d);
+    return scalarDone();
+  }
+  bool String(const char* text, rapidjson::SizeType length, bool /*copy*/) {
+    const std::string_view value(text, length);
+    switch (field_) {
+      case Field::Payload:
+        slot()->set_string_value(std::string(value));
+        return scalarDone();
+      case Field::Type:
+        out_.set_type(std::string(value));
+        break;
+      case Field::Id:
+        out_.set_id(std::string(value));
+        break;
+      case Field::Sender:
+        out_.set_sender(std::string(value));
+        break;
+      case Field::Traceparent:
+        out_.set_traceparent(std::string(value));
+        break;
+      case Field::Timestamp:
+        if (!google::protobuf::util::TimeUtil::FromString(std::string(value),
+                                                          out_.mutable_timestamp())) {
+          return fail(
+              fmt::format("timestamp '{}' is not RFC 3339 (2026-11-25T04:40:00Z)", excerpt(value)));
+        }
+        break;
+      case Field::None:
+        return notAString();
+    }
+    return fieldDone();
+  }
+  bool StartObject() {
+    if (field_ == Field::Payload) {
+      return enter(slot(), true);
+    }
+    if (top_) {
+      return notAString();
+    }
+    top_ = true;
+    return true;
+  }
+  bool Key(const char* text, rapidjson::SizeType length, bool /*copy*/) {
+    const std::string_view key(text, length);
+    if (!stack_.empty()) {
+      pendingKey_.assign(key);
+      return true;
+    }
+    static constexpr std::pair<std::string_view, Field> kFields[] = {
+        {"type", Field::Type},       {"id", Field::Id},
+        {"sender", Field::Sender},   {"timestamp", Field::Timestamp},
+        {"payload", Field::Payload}, {"traceparent", Field::Traceparent}};
+    for (const auto& [name, field] : kFields) {
+      if (key == name) {
+        const auto bit = 1U << static_cast<unsigned>(field);
+        if ((seen_ & bit) != 0) {
+          return fail(fmt::format("key '{}' appears twice", name));
+        }
+        seen_ |= bit;
+        field_ = field;
+        return true;
+      }
+    }
+    return fail(
+        fmt::format("unknown key '{}' (the keys are type, id, sender, timestamp, "
+                    "payload, traceparent)",
+                    excerpt(key)));
+  }
+  bool EndObject(rapidjson::SizeType /*members*/) { return leave(); }
+  bool StartArray() {
+    if (field_ != Field::Payload) {
+      return notAString();
+    }
+    return enter(slot(), false);
+  }
+  bool EndArray(rapidjson::SizeType /*elements*/) { return leave(); }
+
+ private:
+  enum class Field : uint8_t { None, Type, Id, Sender, Timestamp, Payload, Traceparent };
+
+  // Where the payload's next value goes.
+  google::protobuf::Value* slot() {
+    if (stack_.empty()) {
+      return out_.mutable_payload();
+    }
+    google::protobuf::Value* top = stack_.back();
+    if (top->has_struct_value()) {
+      return &(*top->mutable_struct_value()->mutable_fields())[pendingKey_];
+    }
+    return top->mutable_list_value()->add_values();
+  }
+  bool enter(google::protobuf::Value* value, bool object) {
+    if (stack_.size() >= kMaxPayloadDepth) {
+      return fail(fmt::format("payload nested deeper than {} levels", kMaxPayloadDepth));
+    }
+    if (object) {
+      value->mutable_struct_value();
+    } else {
+      value->mutable_list_value();
+    }
+    stack_.push_back(value);
+    return true;
+  }
+  bool leave() {
+    if (stack_.empty()) {
+      return true;  // The envelope itself.
+    }
+    stack_.pop_back();
+    return scalarDone();
+  }
+  bool scalarDone() { return stack_.empty() ? fieldDone() : true; }
+  bool fieldDone() {
+    field_ = Field::None;
+    return true;
+  }
+  bool notAString() {
+    return fail(top_ ? "envelope fields other than payload are strings"
+                     : "an envelope is a JSON object");
+  }
+  bool fail(std::string problem) {
+    problem_ = std::move(problem);
+    return false;
+  }
+
+  v1::Envelope& out_;
+  Field field_ = Field::None;
+  bool top_ = false;
+  unsigned seen_ = 0;
+  std::vector<google::protobuf::Value*> stack_;
+  std::string pendingKey_;
+  std::string problem_;
+};
+
+}  // namespace
+
 v1::Envelope decodeEnvelope(std::string_view json) {
   v1::Envelope envelope;
-  google::protobuf::util::JsonParseOptions options;
-  options.ignore_unknown_fields = false;
-  const auto status = google::protobuf::util::JsonStringToMessage(
-      google::protobuf::StringPiece(json.data(), json.size()), &envelope, options);
-  if (!status.ok()) {
+  EnvelopeReader handler(envelope);
+  rapidjson::Reader reader;
+  rapidjson::MemoryStream stream(json.data(), json.size());
+  if (!validUtf8(json)) {
+    throw EnvelopeError(fmt::format("malformed envelope '{}': not valid UTF-8", excerpt(json)));
+  }
+  // Iterative: a deeply nested payload cannot overflow the stack.
+  const rapidjson::ParseResult result =
+      reader.Parse<rapidjson::kParseIterativeFlag>(stream, handler);
+  if (!result) {
     throw EnvelopeError(
-        fmt::format("malformed envelope '{}': {}", excerpt(json), std::string(status.message())));
+        fmt::format("malformed envelope '{}': {}", excerpt(json),
+                    !handler.problem().empty()
+                        ? handler.problem()
+                        : fmt::format("{} (at byte {})", rapidjson::GetParseError_En(result.Code()),
+                                      result.Offset())));
   }
   if (!validType(envelope.type())) {
     throw EnvelopeError(
@@ -131,11 +366,123 @@ std::string payloadField(const v1::Envelope& envelope, const char* name) {
   return it != fields.end() ? it->second.string_value() : std::string();
 }
 
+namespace {
+
+void appendString(std::string& out, std::string_view text) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  out += '"';
+  size_t plain = 0;  // Runs of bytes that need no escape are appended at once.
+  for (size_t i = 0; i < text.size(); ++i) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c >= 0x20 && c != '"' && c != '\\') {
+      continue;
+    }
+    out.append(text.substr(plain, i - plain));
+    plain = i + 1;
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      default:
+        out += "\\u00";
+        out += kHex[c >> 4U];
+        out += kHex[c & 0xfU];
+    }
+  }
+  out.append(text.substr(plain));
+  out += '"';
+}
+
+void appendValue(std::string& out, const google::protobuf::Value& value) {
+  switch (value.kind_case()) {
+    case google::protobuf::Value::kNumberValue: {
+      const double d = value.number_value();
+      if (!std::isfinite(d)) {
+        out += "null";  // JSON has no NaN or infinity.
+      } else if (d == std::trunc(d) && std::fabs(d) < 9007199254740992.0) {
+        fmt::format_to(std::back_inserter(out), "{}", static_cast<int64_t>(d));
+      } else {
+        fmt::format_to(std::back_inserter(out), "{}", d);  // Shortest round-trip form.
+      }
+      break;
+    }
+    case google::protobuf::Value::kStringValue:
+      appendString(out, value.string_value());
+      break;
+    case google::protobuf::Value::kBoolValue:
+      out += value.bool_value() ? "true" : "false";
+      break;
+    case google::protobuf::Value::kStructValue: {
+      out += '{';
+      bool first = true;
+      for (const auto& [key, member] : value.struct_value().fields()) {
+        if (!first) {
+          out += ',';
+        }
+        first = false;
+        appendString(out, key);
+        out += ':';
+        appendValue(out, member);
+      }
+      out += '}';
+      break;
+    }
+    case google::protobuf::Value::kListValue: {
+      out += '[';
+      bool first = true;
+      for (const auto& element : value.list_value().values()) {
+        if (!first) {
+          out += ',';
+        }
+        first = false;
+        appendValue(out, element);
+      }
+      out += ']';
+      break;
+    }
+    default:
+      out += "null";
+  }
+}
+
+}  // namespace
+
 std::string encodeEnvelope(const v1::Envelope& envelope) {
   std::string out;
-  google::protobuf::util::JsonPrintOptions options;
-  options.preserve_proto_field_names = true;
-  (void)google::protobuf::util::MessageToJsonString(envelope, &out, options);
+  out.reserve(128 + envelope.payload().string_value().size());
+  out += "{\"type\":";
+  appendString(out, envelope.type());
+  out += ",\"id\":";
+  appendString(out, envelope.id());
+  if (!envelope.sender().empty()) {
+    out += ",\"sender\":";
+    appendString(out, envelope.sender());
+  }
+  if (envelope.has_timestamp()) {
+    out += ",\"timestamp\":";
+    appendString(out, google::protobuf::util::TimeUtil::ToString(envelope.timestamp()));
+  }
+  if (envelope.has_payload()) {
+    out += ",\"payload\":";
+    appendValue(out, envelope.payload());
+  }
+  if (!envelope.traceparent().empty()) {
+    out += ",\"traceparent\":";
+    appendString(out, envelope.traceparent());
+  }
+  out += '}';
   return out;
 }
 

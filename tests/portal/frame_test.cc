@@ -101,8 +101,22 @@ TEST(EnvelopeTest, BadEnvelopesAreRefusedWithWhatWasWrong) {
   EXPECT_THAT(refused(R"({"type":"a","id":"1","timestamp":"yesterday"})"),
               HasSubstr("malformed envelope"));
   // A control character: shown as '?', never echoed raw into a log line.
-  EXPECT_THAT(refused(std::string("{\"type\":\"a\",\"id\":\"1\x01\"}")),
+  EXPECT_THAT(refused(R"({"type":"a","id":"1\u0001"})"),
               HasSubstr("envelope id '1?' is not 1 to 64 printable characters"));
+  // Raw control characters and invalid UTF-8 are not JSON.
+  EXPECT_THAT(refused(std::string("{\"type\":\"a\",\"id\":\"1\x01\"}")),
+              HasSubstr("malformed envelope"));
+  EXPECT_THAT(refused(std::string("{\"type\":\"a\",\"id\":\"1\",\"payload\":\"\xff\"}")),
+              HasSubstr("malformed envelope"));
+  EXPECT_THAT(refused(R"({"type":"a","id":"1","type":"b"})"),
+              HasSubstr("key 'type' appears twice"));
+  EXPECT_THAT(refused(R"(["type"])"), HasSubstr("an envelope is a JSON object"));
+  EXPECT_THAT(refused(R"({"type":7,"id":"1"})"), HasSubstr("are strings"));
+  EXPECT_THAT(refused(std::string(100, '[') + std::string(100, ']')),
+              HasSubstr("an envelope is a JSON object"));
+  EXPECT_THAT(refused(R"({"type":"a","id":"1","payload":)" + std::string(100, '[') +
+                      std::string(100, ']') + "}"),
+              HasSubstr("nested deeper than 64 levels"));
   EXPECT_EQ(refused(R"({"type":"a","id":"1"})"), "accepted");
 }
 
