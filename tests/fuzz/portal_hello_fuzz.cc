@@ -7,8 +7,9 @@
 #include <cstdint>
 #include <string_view>
 
-#include "handshake.h"
 #include "snow/posix/active.h"
+
+#include "handshake.h"
 
 // The handshake touches no file; identity.cc's key-file code only needs the symbol to link.
 snow::posix::Posix& snow::posix::active() {
