@@ -33,6 +33,12 @@ int run(const Options& options) {
   // Declared before the context so that it is uninstalled after the context is gone, even when
   // an exception unwinds: teardown still closes descriptors through the layer.
   snow::posix::ScopedInjector osInstalled(*os);
+  // A peer that closes while we write must cost an EPIPE, not the process: SIGPIPE is blocked
+  // before any thread starts (every thread inherits it). Spawned children get an empty mask.
+  sigset_t pipe;
+  sigemptyset(&pipe);
+  sigaddset(&pipe, SIGPIPE);
+  (void)os->sigprocmask(SIG_BLOCK, &pipe, nullptr);
 
   snow::StaticContext::Options contextOptions;
   contextOptions.name = "main";

@@ -1,5 +1,6 @@
 #include "connection.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -241,10 +242,13 @@ void Connection::onFrame(const std::string& body) {
         peerId_ = handshake_->peerId();
         sealed_ = true;
         queue(auth);
-        decoder_.setLimit(limits_.maxMessage + Channel::kTagBytes);
+        // Still a stranger: its next frame is its auth, as small as a hello. The limit rises
+        // only once it proved its key (and the secret).
+        decoder_.setLimit(kHelloLimitBytes + Channel::kTagBytes);
         return;
       }
       handshake_->onAuth(body);
+      decoder_.setLimit(limits_.maxMessage + Channel::kTagBytes);
       state_ = State::Established;
       handshakeTimer_->disable();
       idleTimer_->enable(limits_.idleTimeout / 3);
@@ -334,8 +338,8 @@ bool Connection::transmit(v1::Envelope& envelope) {
   }
   envelope.set_sender(settings_.identity->nodeId());
   std::string json = encodeEnvelope(envelope);
-  if (json.size() > handshake_->peerMaxFrame()) {
-    return false;
+  if (json.size() > std::min(handshake_->peerMaxFrame(), limits_.highWater)) {
+    return false;  // Over the peer's limit, or more than our output may ever hold.
   }
   ++stats_.messagesOut;
   handshake_->channel().sealInto(json, out_);

@@ -45,6 +45,8 @@ using google::protobuf::util::TimeUtil;
 
 constexpr std::string_view kService = "/snow.portal.v1.Portal/";
 constexpr int kAcceptsPerWake = 64;
+constexpr std::string_view kDuplicate = "a second connection to the same node; keeping the other";
+constexpr Duration kAcceptPause = std::chrono::milliseconds(100);
 
 // One traceparent in and out of an envelope.
 class TraceparentWriter final : public opentracing::TextMapWriter {
@@ -289,6 +291,8 @@ class Portal final : public ConfiguredModule<v1::PortalConfig> {
 
   Future<void> apply(const v1::PortalConfig& config, DynamicContext& next) override {
     auto& context = StaticContext::instance();
+    // Transactions run one at a time: what an aborted one prepared (its listener) goes now.
+    pending_.clear();
     Pending pending;
     if (auto problems = decide(config, context.posix(), pending.settings); !problems.empty()) {
       throw std::invalid_argument(fmt::format("{}", fmt::join(problems, "\n")));
@@ -409,13 +413,26 @@ class Portal final : public ConfiguredModule<v1::PortalConfig> {
       if (r.errnum == EAGAIN || r.errnum == EWOULDBLOCK) {
         return;
       }
+      if (r.errnum == EINTR || r.errnum == ECONNABORTED) {
+        continue;
+      }
       if (!r.ok()) {
-        ++refused_;
         limiter_(context.loop(), [&] {
-          context.logger().warn("portal: accept on {}: {}", listener_->local().toString(),
-                                std::strerror(r.errnum));
+          context.logger().warn("portal: accept on {}: {}; pausing accepts for 100 ms",
+                                listener_->local().toString(), std::strerror(r.errnum));
         });
-        return;  // EMFILE and friends: the next wake tries again.
+        // Out of descriptors or memory: the connection stays in the backlog and the listener
+        // stays readable, so watching it now would spin. Pause, then try again.
+        acceptWatch_->setEnabled(0);
+        if (!acceptPause_) {
+          acceptPause_ = context.loop().createTimer([this] {
+            if (acceptWatch_) {
+              acceptWatch_->setEnabled(FileReady::kRead);
+            }
+          });
+        }
+        acceptPause_->enable(kAcceptPause);
+        return;
       }
       posix::FileDescriptor fd(r.value);
       const std::string address =
@@ -458,7 +475,8 @@ class Portal final : public ConfiguredModule<v1::PortalConfig> {
 
   void adopt(std::unique_ptr<Connection> connection) {
     if (connection->state() == Connection::State::Closed) {
-      onClosed(*connection);  // It failed in its constructor: nothing of it is in the maps.
+      // It failed in its constructor (its closed callback ran already): nothing of it is in
+      // the maps.
       StaticContext::instance().loop().deferredDelete(std::move(connection));
       return;
     }
@@ -474,6 +492,14 @@ class Portal final : public ConfiguredModule<v1::PortalConfig> {
   void onEstablished(Connection& c) {
     auto& context = StaticContext::instance();
     const std::string& peer = c.peerId();
+    // The link learns whom it reached before any duplicate is resolved: when its connection is
+    // the one dropped, the link then waits on the peer's own connection instead of redialling.
+    for (auto& link : links_) {
+      if (link->connection == &c) {
+        link->learnedId = peer;
+        link->backoff->reset();
+      }
+    }
     if (auto it = byPeer_.find(peer); it != byPeer_.end()) {
       // Two connections to one node (both dialled, or it reconnected before we noticed the old
       // one die). Both sides keep the one opened by the smaller node id, so they agree without
@@ -488,18 +514,12 @@ class Portal final : public ConfiguredModule<v1::PortalConfig> {
       } else {
         byPeer_.emplace(peer, old);
       }
-      loser->close(fmt::format("a second connection to node {}; keeping the other", peer));
+      loser->close(std::string(kDuplicate));
       if (loser == &c) {
         return;
       }
     } else {
       byPeer_.emplace(peer, &c);
-    }
-    for (auto& link : links_) {
-      if (link->connection == &c) {
-        link->learnedId = peer;
-        link->backoff->reset();
-      }
     }
     context.logger().info("portal: connected to node {} at {} ({})", peer, c.address(),
                           c.role() == Role::Client ? "outbound" : "inbound");
@@ -540,7 +560,10 @@ class Portal final : public ConfiguredModule<v1::PortalConfig> {
       return false;
     }();
     const std::string said = c.peerError().empty() ? "" : " (it said: " + c.peerError() + ")";
-    if (wasPeer) {
+    const bool duplicate = c.closeReason() == kDuplicate;
+    if (duplicate) {
+      context.logger().debug("portal: {} to node {} at {}", kDuplicate, c.peerId(), c.address());
+    } else if (wasPeer) {
       context.logger().info("portal: disconnected from node {} at {}: {}{}", c.peerId(),
                             c.address(), c.closeReason(), said);
     } else if (c.role() == Role::Server) {
@@ -553,6 +576,9 @@ class Portal final : public ConfiguredModule<v1::PortalConfig> {
     for (auto& link : links_) {
       if (link->connection == &c) {
         link->connection = nullptr;
+        if (duplicate) {
+          continue;  // Reached through the peer's own connection; redialled if that one drops.
+        }
         if (!wasPeer) {
           context.logger().warn("portal: peer {}: {}{}", link->peer.address(), c.closeReason(),
                                 said);
@@ -616,7 +642,8 @@ class Portal final : public ConfiguredModule<v1::PortalConfig> {
   void dial(Link& link) {
     auto& context = StaticContext::instance();
     if (link.connection != nullptr ||
-        (!link.learnedId.empty() && byPeer_.contains(link.learnedId))) {
+        (!link.learnedId.empty() && byPeer_.contains(link.learnedId)) ||
+        (!link.peer.node_id().empty() && byPeer_.contains(link.peer.node_id()))) {
       return;  // Connected, one way or the other.
     }
     auto& os = context.posix();
@@ -649,7 +676,11 @@ class Portal final : public ConfiguredModule<v1::PortalConfig> {
     auto connection = std::make_unique<Connection>(
         context.loop(), os, std::move(fd), Role::Client, true, link.peer.address(),
         handshakeSettings(link.peer.node_id()), settings_.limits, std::move(proxied), callbacks());
-    link.connection = connection.get();
+    if (connection->state() != Connection::State::Closed) {
+      link.connection = connection.get();
+    } else {
+      scheduleRetry(link);  // Failed in its constructor (logged by onClosed).
+    }
     adopt(std::move(connection));
   }
 
@@ -666,11 +697,14 @@ class Portal final : public ConfiguredModule<v1::PortalConfig> {
           fmt::format("no connection to node {} (connected: {})", send->to(), connectedList()));
     }
     v1::Envelope envelope = envelopeFor(*event, send->type(), send->payload());
-    if (!it->second->transmit(envelope)) {
+    // transmit() may close the connection (a slow reader), which erases `it`: only the
+    // connection itself, destroyed later, is safe to ask why.
+    Connection* connection = it->second;
+    if (!connection->transmit(envelope)) {
       throw std::runtime_error(fmt::format("cannot send to node {}: {}", send->to(),
-                                           it->second->closeReason().empty()
+                                           connection->closeReason().empty()
                                                ? "the message is over its size limit"
-                                               : it->second->closeReason()));
+                                               : connection->closeReason()));
     }
     auto result = std::make_shared<v1::SendResult>();
     result->set_id(envelope.id());
@@ -748,6 +782,7 @@ class Portal final : public ConfiguredModule<v1::PortalConfig> {
   std::map<uint64_t, Pending> pending_;
   std::shared_ptr<net::Listener> listener_;
   FileEventPtr acceptWatch_;
+  TimerPtr acceptPause_;
   std::map<uint64_t, std::unique_ptr<Connection>> connections_;
   std::unordered_map<std::string, Connection*> byPeer_;  // Established, one per node.
   std::vector<std::unique_ptr<Link>> links_;
