@@ -64,6 +64,14 @@ inline std::string human(const google::protobuf::Duration& d) {
       static_cast<double>(google::protobuf::util::TimeUtil::DurationToNanoseconds(d)) / 1e9);
 }
 
+// How long ago `t` was, as human() says it.
+inline std::string age(const google::protobuf::Timestamp& t) {
+  using google::protobuf::util::TimeUtil;
+  const int64_t ns = TimeUtil::TimestampToNanoseconds(TimeUtil::GetCurrentTime()) -
+                     TimeUtil::TimestampToNanoseconds(t);
+  return human(TimeUtil::NanosecondsToDuration(std::max<int64_t>(ns, 0)));
+}
+
 inline std::string millis(const google::protobuf::Duration& d) {
   return fmt::format(
       "{:.2f} ms",

@@ -5,8 +5,12 @@
 //   portal.send       {to, type, payload}      -> SendResult      one message to a peer
 //   portal.broadcast  {type, payload, except}  -> BroadcastResult every established peer
 //   portal.peers      (none)                   -> Peers           the connections
+//   portal.dial       {address, node_id}       -> Dialed          connect once (no redialling)
+//   portal.disconnect {node_id, reason}        -> Dialed          close a node's connection
 // and receive: an inbound message of type T is raised as an event of type T (payload: its
 // Envelope) when some module handles T; otherwise the sender gets an `unknown_type` error.
+// `portal.connected` / `portal.disconnected` (LinkChange) are raised when a node becomes
+// reachable / unreachable, for modules that handle them (gossip's failure detector).
 //
 // Reloads: the listener is a resource (net.h) inherited by the next generation when the address
 // did not change; connections belong to the module, not to a generation, so they all survive a
@@ -47,6 +51,9 @@ constexpr std::string_view kService = "/snow.portal.v1.Portal/";
 constexpr int kAcceptsPerWake = 64;
 constexpr std::string_view kDuplicate = "a second connection to the same node; keeping the other";
 constexpr Duration kAcceptPause = std::chrono::milliseconds(100);
+// Big enough for a 64 KiB gossip payload in base64 with its envelope; the limit bounds one
+// connection's input buffer, not what is allocated up front.
+constexpr size_t kDefaultMaxMessage = size_t{1} << 20;
 
 // One traceparent in and out of an envelope.
 class TraceparentWriter final : public opentracing::TextMapWriter {
@@ -240,13 +247,16 @@ std::vector<std::string> decide(const v1::PortalConfig& config, posix::Posix& os
     }
   }
   auto& limits = settings.limits;
-  limits.maxMessage = config.max_message_bytes() != 0 ? config.max_message_bytes() : 65536;
+  limits.highWater =
+      config.output_high_water_bytes() != 0 ? config.output_high_water_bytes() : size_t{4} << 20;
+  // Unset, the message limit stays within a smaller high-water mark rather than refuse it.
+  limits.maxMessage = config.max_message_bytes() != 0
+                          ? config.max_message_bytes()
+                          : std::min(kDefaultMaxMessage, std::max<size_t>(limits.highWater, 1024));
   if (limits.maxMessage < 1024 || limits.maxMessage > (64U << 20)) {
     problems.push_back(fmt::format("{}.max_message_bytes: {} is not between 1024 and 64 MiB", at,
                                    limits.maxMessage));
   }
-  limits.highWater =
-      config.output_high_water_bytes() != 0 ? config.output_high_water_bytes() : size_t{4} << 20;
   if (limits.highWater < limits.maxMessage) {
     problems.push_back(fmt::format(
         "{}.output_high_water_bytes: {} is below max_message_bytes ({}): no message would fit", at,
@@ -341,6 +351,10 @@ class Portal final : public ConfiguredModule<v1::PortalConfig> {
     handlers_.push_back(events.on(EventType::of("portal.peers"), [this](const EventPtr&) {
       return makeReadyFuture<MessagePtr>(peers());
     }));
+    handlers_.push_back(events.on(EventType::of("portal.dial"),
+                                  [this](const EventPtr& event) { return onDial(event); }));
+    handlers_.push_back(events.on(EventType::of("portal.disconnect"),
+                                  [this](const EventPtr& event) { return onDisconnect(event); }));
     if (context.hasNode()) {
       rpc_.push_back(context.node().services().addUnary<v1::PeersRequest, v1::Peers>(
           std::string(kService) + "ListPeers",
@@ -359,6 +373,7 @@ class Portal final : public ConfiguredModule<v1::PortalConfig> {
     handlers_.clear();
     acceptWatch_.reset();
     links_.clear();
+    dials_.clear();  // Their promises break: the node is stopping.
     // Tell every peer, then let the connections go (their error frames are written now or
     // never: the process is about to exit).
     std::vector<Connection*> all;
@@ -492,6 +507,13 @@ class Portal final : public ConfiguredModule<v1::PortalConfig> {
   void onEstablished(Connection& c) {
     auto& context = StaticContext::instance();
     const std::string& peer = c.peerId();
+    if (auto dial = dials_.extract(c.serial())) {
+      // Reached, whichever connection of the pair the duplicate rule below keeps.
+      auto result = std::make_shared<v1::Dialed>();
+      result->set_node_id(peer);
+      result->set_already(byPeer_.contains(peer));
+      dial.mapped().setValue(std::move(result));
+    }
     // The link learns whom it reached before any duplicate is resolved: when its connection is
     // the one dropped, the link then waits on the peer's own connection instead of redialling.
     for (auto& link : links_) {
@@ -520,9 +542,25 @@ class Portal final : public ConfiguredModule<v1::PortalConfig> {
       }
     } else {
       byPeer_.emplace(peer, &c);
+      notify("portal.connected", c, {});
     }
     context.logger().info("portal: connected to node {} at {} ({})", peer, c.address(),
                           c.role() == Role::Client ? "outbound" : "inbound");
+  }
+
+  // Raises portal.connected / portal.disconnected when a module listens.
+  void notify(const char* name, const Connection& c, const std::string& reason) {
+    auto& events = StaticContext::instance().events();
+    const auto type = EventType::find(name);
+    if (!type || !events.handles(*type)) {
+      return;
+    }
+    auto change = std::make_shared<v1::LinkChange>();
+    change->set_node_id(c.peerId());
+    change->set_address(c.address());
+    change->set_outbound(c.role() == Role::Client);
+    change->set_reason(reason);
+    events.raise(*type, std::move(change)).detach();
   }
 
   void onMessage(Connection& c, v1::Envelope&& envelope) {
@@ -561,6 +599,13 @@ class Portal final : public ConfiguredModule<v1::PortalConfig> {
     }();
     const std::string said = c.peerError().empty() ? "" : " (it said: " + c.peerError() + ")";
     const bool duplicate = c.closeReason() == kDuplicate;
+    if (auto dial = dials_.extract(c.serial())) {
+      dial.mapped().reject(std::runtime_error(
+          fmt::format("cannot connect to {}: {}{}", c.address(), c.closeReason(), said)));
+    }
+    if (wasPeer) {
+      notify("portal.disconnected", c, c.closeReason() + said);
+    }
     if (duplicate) {
       context.logger().debug("portal: {} to node {} at {}", kDuplicate, c.peerId(), c.address());
     } else if (wasPeer) {
@@ -640,48 +685,57 @@ class Portal final : public ConfiguredModule<v1::PortalConfig> {
   }
 
   void dial(Link& link) {
-    auto& context = StaticContext::instance();
     if (link.connection != nullptr ||
         (!link.learnedId.empty() && byPeer_.contains(link.learnedId)) ||
         (!link.peer.node_id().empty() && byPeer_.contains(link.peer.node_id()))) {
       return;  // Connected, one way or the other.
     }
-    auto& os = context.posix();
-    std::optional<ProxiedTarget> proxied;
-    net::Address target;
-    if (settings_.proxy) {
-      auto hostPort = splitHostPort(link.peer.address());
-      proxied = ProxiedTarget{hostPort->first, hostPort->second, settings_.proxyCredentials};
-      target = *settings_.proxy;
-    } else {
-      target = net::Address::parse(link.peer.address());
-    }
-    auto made = posix::tolerant(
-        [&] { return os.socket(target.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0); });
-    if (!made.ok()) {
-      context.logger().warn("portal: peer {}: socket: {}", link.peer.address(),
-                            std::strerror(made.errnum));
+    auto connection = connectTo(link.peer.address(), link.peer.node_id());
+    if (!connection) {
       scheduleRetry(link);
       return;
     }
-    posix::FileDescriptor fd(made.value);
-    auto connecting =
-        posix::tolerant([&] { return os.connect(fd.get(), target.get(), target.length()); });
-    if (!connecting.ok() && connecting.errnum != EINPROGRESS) {
-      context.logger().warn("portal: peer {}: connect to {}: {}", link.peer.address(),
-                            target.toString(), std::strerror(connecting.errnum));
-      scheduleRetry(link);
-      return;
-    }
-    auto connection = std::make_unique<Connection>(
-        context.loop(), os, std::move(fd), Role::Client, true, link.peer.address(),
-        handshakeSettings(link.peer.node_id()), settings_.limits, std::move(proxied), callbacks());
     if (connection->state() != Connection::State::Closed) {
       link.connection = connection.get();
     } else {
       scheduleRetry(link);  // Failed in its constructor (logged by onClosed).
     }
     adopt(std::move(connection));
+  }
+
+  // A connection on its way to `address` (through the proxy when there is one); null when not
+  // even a socket could be made (logged).
+  std::unique_ptr<Connection> connectTo(const std::string& address, const std::string& nodeId) {
+    auto& context = StaticContext::instance();
+    auto& os = context.posix();
+    std::optional<ProxiedTarget> proxied;
+    net::Address target;
+    if (settings_.proxy) {
+      auto hostPort = splitHostPort(address);
+      proxied = ProxiedTarget{hostPort->first, hostPort->second, settings_.proxyCredentials};
+      target = *settings_.proxy;
+    } else {
+      target = net::Address::parse(address);
+    }
+    auto made = posix::tolerant(
+        [&] { return os.socket(target.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0); });
+    if (!made.ok()) {
+      lastDialError_ = fmt::format("socket: {}", std::strerror(made.errnum));
+      context.logger().warn("portal: peer {}: {}", address, lastDialError_);
+      return nullptr;
+    }
+    posix::FileDescriptor fd(made.value);
+    auto connecting =
+        posix::tolerant([&] { return os.connect(fd.get(), target.get(), target.length()); });
+    if (!connecting.ok() && connecting.errnum != EINPROGRESS) {
+      lastDialError_ =
+          fmt::format("connect to {}: {}", target.toString(), std::strerror(connecting.errnum));
+      context.logger().warn("portal: peer {}: {}", address, lastDialError_);
+      return nullptr;
+    }
+    return std::make_unique<Connection>(context.loop(), os, std::move(fd), Role::Client, true,
+                                        address, handshakeSettings(nodeId), settings_.limits,
+                                        std::move(proxied), callbacks());
   }
 
   // ---- The module API -------------------------------------------------------------------------
@@ -711,6 +765,66 @@ class Portal final : public ConfiguredModule<v1::PortalConfig> {
     return makeReadyFuture<MessagePtr>(std::move(result));
   }
 
+  Future<MessagePtr> onDial(const EventPtr& event) {
+    const auto* dial = event->payloadAs<v1::Dial>();
+    if (dial == nullptr) {
+      throw std::invalid_argument("portal.dial needs a snow.portal.v1.Dial payload");
+    }
+    if (!dial->node_id().empty() && !NodeIdentity::isNodeId(dial->node_id())) {
+      throw std::invalid_argument(
+          fmt::format("portal.dial: '{}' is not a node id", dial->node_id()));
+    }
+    if (!dial->node_id().empty() && byPeer_.contains(dial->node_id())) {
+      auto result = std::make_shared<v1::Dialed>();
+      result->set_node_id(dial->node_id());
+      result->set_already(true);
+      return makeReadyFuture<MessagePtr>(std::move(result));
+    }
+    const bool valid = settings_.proxy ? splitHostPort(dial->address()).has_value() : [&] {
+      try {
+        (void)net::Address::parse(dial->address());
+        return true;
+      } catch (const std::exception&) {
+        return false;
+      }
+    }();
+    if (!valid) {
+      throw std::invalid_argument(
+          fmt::format("portal.dial: '{}' is not an address to dial{}", dial->address(),
+                      settings_.proxy ? " (HOST:PORT)" : " (IP:PORT; names only through SOCKS5)"));
+    }
+    auto connection = connectTo(dial->address(), dial->node_id());
+    if (!connection) {
+      throw std::runtime_error(
+          fmt::format("cannot connect to {}: {}", dial->address(), lastDialError_));
+    }
+    if (connection->state() == Connection::State::Closed) {
+      const std::string reason = connection->closeReason();
+      adopt(std::move(connection));
+      throw std::runtime_error(fmt::format("cannot connect to {}: {}", dial->address(), reason));
+    }
+    Promise<MessagePtr> promise(StaticContext::instance().loop());
+    auto future = promise.future();
+    dials_.emplace(connection->serial(), std::move(promise));
+    adopt(std::move(connection));
+    return future;
+  }
+
+  Future<MessagePtr> onDisconnect(const EventPtr& event) {
+    const auto* request = event->payloadAs<v1::Disconnect>();
+    if (request == nullptr) {
+      throw std::invalid_argument("portal.disconnect needs a snow.portal.v1.Disconnect payload");
+    }
+    auto result = std::make_shared<v1::Dialed>();
+    result->set_node_id(request->node_id());
+    if (auto it = byPeer_.find(request->node_id()); it != byPeer_.end()) {
+      result->set_already(true);
+      it->second->fail("closed", request->reason().empty() ? std::string("closed by a module")
+                                                           : request->reason());
+    }
+    return makeReadyFuture<MessagePtr>(std::move(result));
+  }
+
   Future<MessagePtr> onBroadcast(const EventPtr& event) {
     const auto* broadcast = event->payloadAs<v1::Broadcast>();
     if (broadcast == nullptr) {
@@ -720,9 +834,17 @@ class Portal final : public ConfiguredModule<v1::PortalConfig> {
     v1::Envelope envelope = envelopeFor(*event, broadcast->type(), broadcast->payload());
     auto result = std::make_shared<v1::BroadcastResult>();
     std::vector<Connection*> targets;
-    for (auto& [peer, connection] : byPeer_) {
-      if (!except.contains(peer)) {
-        targets.push_back(connection);
+    if (broadcast->to().empty()) {
+      for (auto& [peer, connection] : byPeer_) {
+        if (!except.contains(peer)) {
+          targets.push_back(connection);
+        }
+      }
+    } else {
+      for (const auto& peer : broadcast->to()) {
+        if (auto it = byPeer_.find(peer); it != byPeer_.end() && !except.contains(peer)) {
+          targets.push_back(it->second);
+        }
       }
     }
     for (Connection* connection : targets) {
@@ -762,6 +884,7 @@ class Portal final : public ConfiguredModule<v1::PortalConfig> {
       out->set_listen(listener_->local().toString());
     }
     out->set_refused(refused_);
+    out->set_max_message_bytes(static_cast<uint32_t>(settings_.limits.maxMessage));
     for (const auto& [serial, c] : connections_) {
       auto& info = *out->add_peers();
       info.set_node_id(c->peerId());
@@ -786,6 +909,8 @@ class Portal final : public ConfiguredModule<v1::PortalConfig> {
   std::map<uint64_t, std::unique_ptr<Connection>> connections_;
   std::unordered_map<std::string, Connection*> byPeer_;  // Established, one per node.
   std::vector<std::unique_ptr<Link>> links_;
+  std::map<uint64_t, Promise<MessagePtr>> dials_;  // By connection serial, until established.
+  std::string lastDialError_;
   std::vector<EventTree::Registration> handlers_;
   std::vector<rpc::Services::Registration> rpc_;
   LogLimiter limiter_{10};

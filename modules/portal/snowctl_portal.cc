@@ -14,13 +14,6 @@ namespace snowctl {
 namespace {
 
 namespace pv = snow::portal::v1;
-using google::protobuf::util::TimeUtil;
-
-std::string age(const google::protobuf::Timestamp& t) {
-  const int64_t ns = TimeUtil::TimestampToNanoseconds(TimeUtil::GetCurrentTime()) -
-                     TimeUtil::TimestampToNanoseconds(t);
-  return human(TimeUtil::NanosecondsToDuration(std::max<int64_t>(ns, 0)));
-}
 
 int peers(Ctl& ctl) {
   auto reply = ctl.call<pv::PeersRequest, pv::Peers>("/snow.portal.v1.Portal/ListPeers", {},
