@@ -287,17 +287,25 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
           [this](const rpc::CallContext&, const v1::MembersRequest&) {
             return makeReadyFuture<MessagePtr>(members());
           }));
+      // Through the event, so that a publish is the root of one trace across the relays.
       rpc_.push_back(services.addUnary<v1::PublishRequest, v1::Published>(
           std::string(kService) + "Publish",
-          [this](const rpc::CallContext&, const v1::PublishRequest& request) {
-            try {
-              return makeReadyFuture<MessagePtr>(
-                  publish(request.topic(), request.payload(), nullptr));
-            } catch (const std::invalid_argument& e) {
-              throw rpc::RpcError(rpc::Code::InvalidArgument, e.what());
-            } catch (const std::logic_error& e) {
-              throw rpc::RpcError(rpc::Code::FailedPrecondition, e.what());
-            }
+          [](const rpc::CallContext&, const v1::PublishRequest& request) {
+            auto publish = std::make_shared<v1::Publish>();
+            publish->set_topic(request.topic());
+            publish->set_payload(request.payload());
+            return StaticContext::instance()
+                .events()
+                .raise(EventType::of("gossip.publish"), std::move(publish))
+                .recover([](const std::exception_ptr& error) -> MessagePtr {
+                  try {
+                    std::rethrow_exception(error);
+                  } catch (const std::invalid_argument& e) {
+                    throw rpc::RpcError(rpc::Code::InvalidArgument, e.what());
+                  } catch (const std::logic_error& e) {
+                    throw rpc::RpcError(rpc::Code::FailedPrecondition, e.what());
+                  }
+                });
           }));
       rpc_.push_back(services.addUnary<v1::StatsRequest, v1::Stats>(
           std::string(kService) + "GetStats",
