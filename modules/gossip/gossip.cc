@@ -366,7 +366,11 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
   void begin(const pv::Peers& peers) {
     auto& context = StaticContext::instance();
     std::string advertise = settings_.advertise.empty() ? peers.listen() : settings_.advertise;
-    if (advertise.empty()) {
+    if (advertise.empty() && settings_.seeds.empty()) {
+      context.logger().info(
+          "gossip: a cluster of one (no modules.portal.listen, no modules.gossip.seeds); "
+          "docs/gossip.md says how to form a cluster");
+    } else if (advertise.empty()) {
       context.logger().warn(
           "gossip: the portal listens nowhere and modules.gossip.advertise is empty: members "
           "cannot dial this node (it can still join through seeds)");
