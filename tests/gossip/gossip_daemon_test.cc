@@ -18,6 +18,7 @@
 #include "snow/posix/active.h"
 
 #include "daemon/daemon_process.h"
+#include "netns_lab.h"
 #include "support/await.h"
 #include "support/files.h"
 
@@ -47,22 +48,22 @@ class GossipDaemonTest : public ::testing::Test {
     for (auto& node : nodes_) {
       node.process.reset();
     }
+    lab_.reset();  // After the daemons inside it.
   }
 
   // Writes node `index`'s configuration; the first node is everyone's seed.
   std::string writeConfig(size_t index, const std::string& mode, const std::string& secret,
-                          const std::string& extra) {
+                          const std::string& extra, const std::string& listen) {
     const std::string name = fmt::format("n{}", index);
     std::string path = dir_.file(name + ".yaml");
     const std::string seeds = seed_.empty() ? "[]" : fmt::format("[\"{}\"]", seed_);
     writeFile(path, fmt::format("daemon:\n  key_directory: {}\nrpc:\n  unix_socket: {}\n"
                                 "modules:\n  portal:\n    listen: {}\n    cluster_secret: {}\n"
-                                "    idle_timeout: 3s\n"
+                                "    idle_timeout: {}\n    handshake_timeout: 1s\n"
                                 "  gossip:\n    seeds: {}\n    mode: {}\n    sync_interval: 500ms\n"
                                 "    rejoin_interval: 500ms\n    suspicion_timeout: 1s\n{}",
-                                dir_.file(name + "-keys"), dir_.file(name + ".sock"),
-                                index == 0 ? std::string("127.0.0.1:0") : "127.0.0.1:0", secret,
-                                seeds, mode, extra));
+                                dir_.file(name + "-keys"), dir_.file(name + ".sock"), listen,
+                                secret, lab_ ? "1500ms" : "3s", seeds, mode, extra));
     return path;
   }
 
@@ -73,12 +74,20 @@ class GossipDaemonTest : public ::testing::Test {
     }
     Node& node = nodes_[index];
     node.name = fmt::format("n{}", index);
-    node.config = writeConfig(index, mode, secret, extra);
+    const int i = static_cast<int>(index);
+    node.config =
+        writeConfig(index, mode, secret, extra, lab_ ? lab_->address(i) + ":7400" : "127.0.0.1:0");
     node.socket = dir_.file(node.name + ".sock");
-    node.process = std::make_unique<DaemonProcess>(
-        *loop_,
-        std::vector<std::string>{"--modules", SNOW_GOSSIP_TEST_PLUGINS, "--config", node.config},
-        std::vector<std::string>{});
+    std::vector<std::string> args{"--modules", SNOW_GOSSIP_TEST_PLUGINS, "--config", node.config};
+    if (lab_) {  // Inside node i's namespace: ip netns exec NS snow-core ...
+      auto prefix = lab_->exec(i);
+      prefix.emplace_back(SNOW_DAEMON);
+      args.insert(args.begin(), prefix.begin(), prefix.end());
+      node.process =
+          std::make_unique<DaemonProcess>(*loop_, "/usr/bin/env", args, std::vector<std::string>{});
+    } else {
+      node.process = std::make_unique<DaemonProcess>(*loop_, args, std::vector<std::string>{});
+    }
     EXPECT_NE(node.process->waitForLog("gossip: node "), std::string::npos) << node.process->log();
     static const std::regex started(R"(gossip: node ([0-9a-f]{32}) at (\S+) )");
     std::smatch m;
@@ -208,6 +217,7 @@ class GossipDaemonTest : public ::testing::Test {
   TempDir dir_{"snow-gossip-daemon-test"};
   std::vector<Node> nodes_;
   std::string seed_;
+  std::unique_ptr<NetnsLab> lab_;  // For the tests that need a network to break.
 };
 
 TEST_F(GossipDaemonTest, TreeModeDeliversEveryMessageToEveryNodeOnceAndBuildsATree) {
@@ -340,6 +350,42 @@ TEST_F(GossipDaemonTest, OversizedAndMalformedMessagesAreRefusedAndLogged) {
   // Nothing of it was delivered or joined.
   EXPECT_TRUE(delivered(node, "t").empty());
   EXPECT_EQ(withStatus(node, "ALIVE"), std::set<std::string>{node.id});
+}
+
+// Every node drops a tenth of the packets it receives: TCP repairs what is lost, so every
+// message still reaches every node, later.
+TEST_F(GossipDaemonTest, TenPercentPacketLossStillReachesEveryNode) {
+  constexpr int kNodes = 12;
+  lab_ = std::make_unique<NetnsLab>(*loop_, kNodes);
+  startAll(kNodes, "TREE");
+  const auto all = range(0, kNodes);
+  ASSERT_TRUE(eventually([&] { return converged(all, idsOf(all)); }, 30s));
+  lab_->loss(10);
+  const auto ids = publish(nodes_[5], "lossy", 30);
+  expectEveryoneHasEachOnce(all, "lossy", ids);
+  EXPECT_GT(lab_->dropped(), 10U) << "the network did lose packets";
+}
+
+// Half the nodes cannot reach the other half: each half declares the other dead and goes on
+// among itself; once the network heals, the dead are dialled again, refute, and everyone lists
+// everyone alive again, and messages reach all.
+TEST_F(GossipDaemonTest, APartitionInTwoHalvesHealsAndMembershipConvergesAgain) {
+  constexpr int kNodes = 12;
+  lab_ = std::make_unique<NetnsLab>(*loop_, kNodes);
+  startAll(kNodes, "TREE");
+  const auto all = range(0, kNodes);
+  ASSERT_TRUE(eventually([&] { return converged(all, idsOf(all)); }, 30s));
+
+  lab_->partition(kNodes / 2);
+  const auto left = range(0, kNodes / 2);
+  const auto right = range(kNodes / 2, kNodes);
+  ASSERT_TRUE(eventually([&] { return converged(left, idsOf(left)); }, 30s));
+  ASSERT_TRUE(eventually([&] { return converged(right, idsOf(right)); }, 30s));
+  expectEveryoneHasEachOnce(right, "apart", publish(nodes_[9], "apart", 5));
+
+  lab_->heal();
+  ASSERT_TRUE(eventually([&] { return converged(all, idsOf(all)); }, 60s));
+  expectEveryoneHasEachOnce(all, "healed", publish(nodes_[2], "healed", 10));
 }
 
 }  // namespace

@@ -100,8 +100,8 @@ TEST(GossipTraceTest, ABroadcastIsOneTraceAcrossEveryRelay) {
   ASSERT_TRUE(awaitPolled(*loop, complete, 20s, 50ms)) << [&] {
     std::string seen = "trace " + traceId + ":";
     for (const auto& span : trace) {
-      seen += fmt::format("\n  {} on {} ({} <- {})", span.name,
-                          span.resource.at("service.name"), span.spanId, span.parentSpanId);
+      seen += fmt::format("\n  {} on {} ({} <- {})", span.name, span.resource.at("service.name"),
+                          span.spanId, span.parentSpanId);
     }
     return seen;
   }();
