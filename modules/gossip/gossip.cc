@@ -76,6 +76,7 @@ struct Settings {
   uint32_t maxPayload = 65536;
   uint32_t seenEntries = 65536;
   Duration ihaveTimeout = std::chrono::milliseconds(200);
+  Duration ihaveDelay = std::chrono::milliseconds(50);
   Duration messageCache = std::chrono::seconds(30);
   Duration suspicionTimeout = std::chrono::seconds(3);
   Duration syncInterval = std::chrono::seconds(5);
@@ -112,6 +113,7 @@ std::vector<std::string> decide(const v1::GossipConfig& config, Settings& s) {
     problems.push_back(fmt::format("{}.max_payload_bytes: {} is over 16 MiB", at, s.maxPayload));
   }
   s.ihaveTimeout = config::durationOr(config.ihave_timeout(), std::chrono::milliseconds(200));
+  s.ihaveDelay = config::durationOr(config.ihave_delay(), std::chrono::milliseconds(50));
   s.messageCache = config::durationOr(config.message_cache(), std::chrono::seconds(30));
   s.suspicionTimeout = config::durationOr(config.suspicion_timeout(), std::chrono::seconds(3));
   s.syncInterval = config::durationOr(config.sync_interval(), std::chrono::seconds(5));
@@ -329,6 +331,7 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
     timers_.clear();
     suspicions_.clear();
     missing_.clear();
+    ihaveFlush_.reset();
     return makeReadyFuture();
   }
 
@@ -397,6 +400,7 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
                           context.nodeId(), advertise.empty() ? "(no address)" : advertise,
                           settings_.tree ? "tree" : "flood", settings_.activeView,
                           settings_.seeds.size());
+    ihaveFlush_ = context.loop().createTimer([this] { flushIHave(); });
     every(settings_.syncInterval, [this] { maintain(); });
     every(settings_.rejoinInterval, [this] { rejoin(); });
     every(std::chrono::seconds(1), [this] { logSummary(); });
@@ -948,6 +952,7 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
         return;  // Membership news is flooded on purpose: its duplicates prune nothing.
       }
       ++stats_.duplicates;
+      hasIt(from, id);
       if (settings_.tree && eager_.erase(from) > 0) {
         lazy_.insert(from);
         ++stats_.prunes_sent;
@@ -955,7 +960,12 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
       }
       return;
     }
-    missing_.erase(id);
+    // Those that announced it have it: no "I have" goes back to them.
+    std::vector<std::string> announcers;
+    if (auto it = missing_.find(id); it != missing_.end()) {
+      announcers.assign(it->second.announcers.begin(), it->second.announcers.end());
+      missing_.erase(it);
+    }
     if (settings_.tree && !internal && active_.contains(from)) {
       eager_.insert(from);
       lazy_.erase(from);
@@ -979,13 +989,14 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
     if (settings_.tree && !internal) {
       cache(id, next, bytes);
     }
-    forward(next, id, from, event, bytes);
+    forward(next, id, from, event, bytes, announcers);
   }
 
   // Sends a new message on: flood to `fanout` neighbours, tree to the eager ones (and "I have"
   // to the lazy ones).
   void forward(const Value& push, const std::string& id, const std::string& from,
-               const EventPtr& parent, size_t bytes) {
+               const EventPtr& parent, size_t bytes,
+               const std::vector<std::string>& informed = {}) {
     const bool internal = push.struct_value().fields().at("topic").string_value() == kMemberTopic;
     std::vector<std::string> targets;
     std::vector<std::string> announce;
@@ -997,7 +1008,7 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
         }
       }
       for (const auto& peer : lazy_) {
-        if (peer != from) {
+        if (peer != from && std::find(informed.begin(), informed.end(), peer) == informed.end()) {
           announce.push_back(peer);
         }
       }
@@ -1015,20 +1026,42 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
     if (!internal) {
       stats_.sent += targets.size();
       stats_.bytes_out += bytes * targets.size();
-      stats_.ihave_sent += announce.size();
     }
     sendAll(targets, "gossip.push", push, parent);
-    if (!announce.empty()) {
-      Value ihave;
-      (*ihave.mutable_struct_value()->mutable_fields())["ids"] = idsValue({id});
-      sendAll(announce, "gossip.ihave", std::move(ihave), parent);
+    for (const auto& peer : announce) {
+      pendingIHave_[peer].push_back(id);
     }
+    if (!announce.empty() && !ihaveFlush_->enabled()) {
+      ihaveFlush_->enable(settings_.ihaveDelay);
+    }
+  }
+
+  // `peer` showed it has `id` (sent it, or announced it): it needs no announcement of it.
+  void hasIt(const std::string& peer, const std::string& id) {
+    if (auto it = pendingIHave_.find(peer); it != pendingIHave_.end()) {
+      std::erase(it->second, id);
+    }
+  }
+
+  // The announcements of the last ihave_delay, one message per neighbour.
+  void flushIHave() {
+    for (auto& [peer, ids] : pendingIHave_) {
+      if (ids.empty() || !active_.contains(peer)) {
+        continue;
+      }
+      ++stats_.ihave_sent;
+      Value ihave;
+      (*ihave.mutable_struct_value()->mutable_fields())["ids"] = idsValue(ids);
+      tell(peer, "gossip.ihave", std::move(ihave));
+    }
+    pendingIHave_.clear();
   }
 
   void onIHave(const EventPtr&, const pv::Envelope& in, const Struct& body) {
     ++stats_.ihave_received;
     for (const auto& id : idsOf(body, "ids")) {
       if (seen_.contains(id)) {
+        hasIt(in.sender(), id);
         continue;
       }
       Missing& missing = missing_[id];
@@ -1346,6 +1379,8 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
   std::set<std::string> probing_;  // Lost neighbours being dialled again.
   std::unordered_map<std::string, TimerPtr> suspicions_;
   std::unordered_map<std::string, Missing> missing_;
+  std::unordered_map<std::string, std::vector<std::string>> pendingIHave_;  // By neighbour.
+  TimerPtr ihaveFlush_;
   std::unordered_map<std::string, Cached> cache_;
   std::deque<std::string> cacheOrder_;
   size_t cacheBytes_ = 0;
