@@ -58,6 +58,7 @@ constexpr const char* kMemberTopic = "gossip.member";
 // HyParView's active random walk length: how far a FORWARD_JOIN travels before it sticks.
 constexpr uint64_t kActiveWalk = 6;
 constexpr int kBootstrapTries = 100;  // Waiting for the portal to start: 100 x 50 ms.
+constexpr size_t kSpreadFromState = 8;
 
 // protobuf's TimeUtil::GetCurrentTime() has whole seconds here: latencies need the real clock.
 int64_t nowUnixNanos() {
@@ -696,7 +697,10 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
     } else {
       fillView();
     }
-    if (!active_.empty()) {
+    // Anti-entropy repairs what broadcasts missed; while news still arrives (a cluster forming),
+    // tables differ anyway and exchanging them would only double the work.
+    const bool quiet = StaticContext::instance().loop().now() - lastNews_ >= settings_.syncInterval;
+    if (!active_.empty() && quiet) {
       std::vector<std::string> neighbours(active_.begin(), active_.end());
       Value sync;
       auto& fields = *sync.mutable_struct_value()->mutable_fields();
@@ -767,6 +771,7 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
           break;
         case MemberTable::Outcome::Added:
         case MemberTable::Outcome::Updated: {
+          lastNews_ = StaticContext::instance().loop().now();
           const MemberRecord* current = table_->find(record.id);
           changed.push_back(current);
           if (!previous || *previous != current->status) {
@@ -839,8 +844,11 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
   }
 
   void onState(const EventPtr&, const pv::Envelope& in, const Struct& body) {
+    // A few records that were news here are news elsewhere too: spread them. Many (a node that
+    // was away, a healed partition) are not broadcast: at 1,000 nodes one such broadcast costs
+    // every node a table, and pairwise anti-entropy carries them on within a few rounds.
     auto changed = learn(membersOf(body, "members"));
-    if (!changed.empty()) {
+    if (!changed.empty() && changed.size() <= kSpreadFromState) {
       spreadMembers(changed);
     }
     if (boolField(body, "ask")) {
@@ -1395,6 +1403,7 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
   std::vector<rpc::Services::Registration> rpc_;
   MonotonicTime refusedWindow_{};
   MonotonicTime seedWarned_{};
+  MonotonicTime lastNews_{};  // When a member record last changed here.
   int refusedLogged_ = 0;
   int fillBackoff_ = 0;  // Maintenance rounds to skip after a refused neighbour request.
   int fillPause_ = 0;
