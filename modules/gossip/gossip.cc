@@ -590,7 +590,7 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
       std::vector<std::string> others(active_.begin(), active_.end());
       const std::string dropped = pick(others);
       removeActive(dropped);
-      tell(dropped, "gossip.leave_view", Value());
+      tell(dropped, "gossip.leave_view", emptyObject());
       disconnect(dropped, "gossip: dropped from the active view to make room");
     }
     active_.insert(id);
@@ -964,7 +964,7 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
       if (settings_.tree && eager_.erase(from) > 0) {
         lazy_.insert(from);
         ++stats_.prunes_sent;
-        tell(from, "gossip.prune", Value());
+        tell(from, "gossip.prune", emptyObject());
       }
       return;
     }

@@ -90,9 +90,16 @@ int publish(Ctl& ctl) {
   for (unsigned i = 0; i < o.count; ++i) {
     const auto due =
         start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(period * i);
-    ctl.loop().runUntil([&] { return std::chrono::steady_clock::now() >= due; },
-                        std::chrono::duration_cast<snow::Duration>(
-                            due - std::chrono::steady_clock::now() + std::chrono::seconds(1)));
+    // A timer wakes the loop at the due time: runUntil only looks at its condition when the
+    // loop wakes.
+    const auto wait =
+        std::chrono::duration_cast<snow::Duration>(due - std::chrono::steady_clock::now());
+    if (wait > snow::Duration::zero()) {
+      bool fired = false;
+      auto timer = ctl.loop().createTimer([&fired] { fired = true; });
+      timer->enable(wait);
+      ctl.loop().runUntil([&fired] { return fired; }, wait + std::chrono::seconds(1));
+    }
     auto reply =
         ctl.call<gv::PublishRequest, gv::Published>(method("Publish"), request, "cannot publish");
     if (!reply) {

@@ -27,6 +27,12 @@ Value boolValue(bool flag) {
   return v;
 }
 
+Value emptyObject() {
+  Value v;
+  (void)v.mutable_struct_value();
+  return v;
+}
+
 Value memberValue(const MemberRecord& record) {
   Value v;
   auto& fields = *v.mutable_struct_value()->mutable_fields();

@@ -38,6 +38,8 @@ inline constexpr size_t kMaxIdsPerMessage = 4096;
 Value stringValue(std::string text);
 Value numberValue(double number);
 Value boolValue(bool flag);
+// {}: what messages without fields carry (every gossip payload is an object).
+Value emptyObject();
 Value memberValue(const MemberRecord& record);
 Value membersValue(const std::vector<const MemberRecord*>& records);
 Value idsValue(const std::vector<std::string>& ids);

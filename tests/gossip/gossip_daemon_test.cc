@@ -249,6 +249,15 @@ TEST_F(GossipDaemonTest, TreeModeDeliversEveryMessageToEveryNodeOnceAndBuildsATr
       static_cast<double>(sentAfter - sentBefore) / static_cast<double>(20 * (kNodes - 1));
   EXPECT_LE(perDelivery, 1.5) << "payload sends per delivery in a stable tree";
   EXPECT_GE(perDelivery, 1.0);
+  // The tree was pruned by both ends of each redundant link, and nothing a node sent another
+  // was refused.
+  uint64_t prunesReceived = 0;
+  for (size_t i : all) {
+    const auto stats = query(nodes_[i], "stats");
+    prunesReceived += std::stoull(stats.value("prunes_received", "0"));
+    EXPECT_EQ(stats.value("refused", "0"), "0") << nodes_[i].name;
+  }
+  EXPECT_GT(prunesReceived, 0U);
 }
 
 TEST_F(GossipDaemonTest, FloodModeDeliversEveryMessageToEveryNodeOnce) {
