@@ -461,11 +461,7 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
     learn({joiner});
     addActive(joiner.id, true);
     Value welcome;
-    std::vector<const MemberRecord*> all;
-    for (const auto& [id, record] : table_->all()) {
-      all.push_back(&record);
-    }
-    (*welcome.mutable_struct_value()->mutable_fields())["members"] = membersValue(all);
+    (*welcome.mutable_struct_value()->mutable_fields())["members"] = tableValue();
     tell(joiner.id, "gossip.welcome", std::move(welcome));
     Value forward;
     auto& fields = *forward.mutable_struct_value()->mutable_fields();
@@ -702,10 +698,7 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
     const bool quiet = StaticContext::instance().loop().now() - lastNews_ >= settings_.syncInterval;
     if (!active_.empty() && quiet) {
       std::vector<std::string> neighbours(active_.begin(), active_.end());
-      Value sync;
-      auto& fields = *sync.mutable_struct_value()->mutable_fields();
-      fields["digest"] = stringValue(fmt::format("{:016x}", table_->digest()));
-      tell(pick(neighbours), "gossip.sync", std::move(sync));
+      sendSync(pick(neighbours));
     }
     const MonotonicTime now = StaticContext::instance().loop().now();
     while (!cacheOrder_.empty()) {
@@ -740,10 +733,7 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
         .then([this, id](const MessagePtr&) {
           // It lives: tables are compared (it learns it was declared dead and refutes) and it
           // becomes a neighbour, a bridge for the news.
-          Value sync;
-          auto& fields = *sync.mutable_struct_value()->mutable_fields();
-          fields["digest"] = stringValue(fmt::format("{:016x}", table_->digest()));
-          tell(id, "gossip.sync", std::move(sync));
+          sendSync(id);
           connectNeighbor(id, true);
         })
         .recover([](const std::exception_ptr&) {})
@@ -838,7 +828,7 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
 
   void onSync(const EventPtr&, const pv::Envelope& in, const Struct& body) {
     const std::string digest = stringField(body, "digest", 16);
-    if (digest != fmt::format("{:016x}", table_->digest())) {
+    if (digest != digestText()) {
       sendState(in.sender(), true);
     }
   }
@@ -856,14 +846,29 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
     }
   }
 
-  void sendState(const std::string& to, bool ask) {
-    Value state;
-    auto& fields = *state.mutable_struct_value()->mutable_fields();
+  [[nodiscard]] std::string digestText() const { return fmt::format("{:016x}", table_->digest()); }
+
+  // Anti-entropy: our digest; `to` answers with its table when the two differ.
+  void sendSync(const std::string& to) {
+    Value sync;
+    (*sync.mutable_struct_value()->mutable_fields())["digest"] = stringValue(digestText());
+    tell(to, "gossip.sync", std::move(sync));
+  }
+
+  // Every record of the member table, for a welcome or a state.
+  [[nodiscard]] Value tableValue() const {
     std::vector<const MemberRecord*> all;
+    all.reserve(table_->all().size());
     for (const auto& [id, record] : table_->all()) {
       all.push_back(&record);
     }
-    fields["members"] = membersValue(all);
+    return membersValue(all);
+  }
+
+  void sendState(const std::string& to, bool ask) {
+    Value state;
+    auto& fields = *state.mutable_struct_value()->mutable_fields();
+    fields["members"] = tableValue();
     fields["ask"] = boolValue(ask);
     tell(to, "gossip.state", std::move(state));
   }
