@@ -406,8 +406,17 @@ Future<void> Daemon::stopModules() {
   }
   started_ = false;
   const MonotonicTime deadline = context_.loop().now() + stopTimeout_;
+  return runReversed({"draining", "drained"}, deadline, [](Module& m) { return m.drain(); })
+      .then([this, deadline] {
+        return runReversed({"stopping", "stopped"}, deadline, [](Module& m) { return m.stop(); });
+      });
+}
+
+Future<void> Daemon::runReversed(Stage stage, MonotonicTime deadline,
+                                 UniqueFunction<Future<void>(Module&)> step) {
   auto index = std::make_shared<size_t>(0);
-  return repeat([this, index, deadline]() -> Future<Step> {
+  auto body = std::make_shared<UniqueFunction<Future<void>(Module&)>>(std::move(step));
+  return repeat([this, index, body, stage, deadline]() -> Future<Step> {
     if (*index == modules_.size()) {
       return makeReadyFuture<Step>(Step::Stop);
     }
@@ -415,11 +424,12 @@ Future<void> Daemon::stopModules() {
     ++*index;
     const Duration left = std::max(Duration::zero(), deadline - context_.loop().now());
     const std::string name = m.info->name;
-    return guarded([&] { return m.module->stop(); })
-        .within(left, "stopping module '" + name + "'")
-        .then([this, name] { context_.logger().info("module {} stopped", name); })
-        .recover([this, name](const std::exception_ptr& error) {
-          context_.logger().error("module {} did not stop cleanly: {}", name, describe(error));
+    return guarded([&] { return (*body)(*m.module); })
+        .within(left, fmt::format("{} module '{}'", stage.doing, name))
+        .then([this, name, stage] { context_.logger().info("module {} {}", name, stage.done); })
+        .recover([this, name, stage](const std::exception_ptr& error) {
+          context_.logger().error("module {} did not finish {} cleanly: {}", name, stage.doing,
+                                  describe(error));
         })
         .then([] { return Step::Continue; });
   });

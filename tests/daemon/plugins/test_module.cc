@@ -69,6 +69,11 @@ class TestModule final : public snow::ConfiguredModule<Config> {
     return snow::makeReadyFuture();
   }
 
+  snow::Future<void> drain() override {
+    log("drained");
+    return snow::makeReadyFuture();
+  }
+
   snow::Future<void> stop() override {
     if (hangStop_) {
       log("stop hangs");

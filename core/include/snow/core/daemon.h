@@ -101,6 +101,14 @@ class Daemon {
   // Makes the RPC node from the `rpc:` section and starts serving.
   void startNode(const config::Document& document);
   Future<void> stopModules();
+  // Runs step(module) for every module in reverse load order, each within what is left until
+  // `deadline`; a failure or timeout is logged (naming the module and `stage`) and the next runs.
+  struct Stage {
+    const char* doing;  // "stopping"
+    const char* done;   // "stopped"
+  };
+  Future<void> runReversed(Stage stage, MonotonicTime deadline,
+                           UniqueFunction<Future<void>(Module&)> step);
   void loadModules(const config::Document& document);
   Configs decodeSections(const config::Document& document) const;
   Future<void> verifyAll(const Configs& configs);

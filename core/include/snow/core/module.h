@@ -16,7 +16,8 @@
 //   install(next)      the new generation becomes current (commit)
 //   activated(next)    every module switches to it
 //   start()            once, after the first generation was installed (load order)
-//   stop()             at shutdown, in reverse load order, within the daemon's stop timeout
+//   drain()            at shutdown, in reverse load order, while every module still runs
+//   stop()             then, in reverse load order; drain and stop share the stop timeout
 //
 // A rejected verify() or apply() aborts the transaction: `next` is dropped, and with it whatever
 // apply() opened in it; the current generation keeps serving. So apply() must prepare only into
@@ -65,6 +66,10 @@ class Module {
   virtual void activated(DynamicContext& current) { (void)current; }
 
   virtual Future<void> start() { return makeReadyFuture(); }
+  // Shutdown has begun and every module is still running: say goodbye while the modules this one
+  // talks through can still carry it (leave a cluster, hand off work). Settle once it is on its
+  // way; a module that does not settle in the stop timeout is logged and stopped anyway.
+  virtual Future<void> drain() { return makeReadyFuture(); }
   virtual Future<void> stop() { return makeReadyFuture(); }
 };
 using ModulePtr = std::unique_ptr<Module>;
@@ -118,7 +123,7 @@ class ModuleRegistry {
 // ---- Plugins -----------------------------------------------------------------------------------
 
 // The version of the plugin interface below. Bumped on any incompatible change to it.
-inline constexpr uint32_t kPluginApiVersion = 1;
+inline constexpr uint32_t kPluginApiVersion = 2;      // 2: Module::drain().
 inline constexpr uint32_t kPluginMagic = 0x574f4e53;  // "SNOW", little-endian.
 
 #define SNOW_STRINGIFY_INNER(x) #x
