@@ -82,6 +82,7 @@ struct Settings {
   Duration suspicionTimeout = std::chrono::seconds(3);
   Duration syncInterval = std::chrono::seconds(5);
   Duration rejoinInterval = std::chrono::seconds(5);
+  Duration forgetAfter = std::chrono::hours(24);
   std::map<std::string, std::string> metadata;
   uint32_t receivedHistory = 4096;
   uint32_t cacheBytes = 2U << 20;
@@ -119,10 +120,12 @@ std::vector<std::string> decide(const v1::GossipConfig& config, Settings& s) {
   s.suspicionTimeout = config::durationOr(config.suspicion_timeout(), std::chrono::seconds(3));
   s.syncInterval = config::durationOr(config.sync_interval(), std::chrono::seconds(5));
   s.rejoinInterval = config::durationOr(config.rejoin_interval(), std::chrono::seconds(5));
+  s.forgetAfter = config::durationOr(config.forget_after(), std::chrono::hours(24));
   for (const auto& [name, d] : {std::pair{"ihave_timeout", s.ihaveTimeout},
                                 {"suspicion_timeout", s.suspicionTimeout},
                                 {"sync_interval", s.syncInterval},
-                                {"rejoin_interval", s.rejoinInterval}}) {
+                                {"rejoin_interval", s.rejoinInterval},
+                                {"forget_after", s.forgetAfter}}) {
     if (d < std::chrono::milliseconds(10)) {
       problems.push_back(fmt::format("{}.{}: at least 10ms", at, name));
     }
@@ -158,6 +161,9 @@ struct Counters {
   uint64_t bytes_in = 0;
   uint64_t bytes_out = 0;
   uint64_t refused = 0;
+  uint64_t syncs_sent = 0;
+  uint64_t syncs_received = 0;
+  uint64_t states_sent = 0;
 };
 
 // A payload kept for GRAFTs.
@@ -325,6 +331,21 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
     return makeReadyFuture();
   }
 
+  // Leaving: this node's record says "left" and goes to every active neighbour, who flood it on,
+  // while the portal still runs (it stops after every module drained). The cluster then lists the
+  // node as left at once, instead of suspecting it for suspicion_timeout and declaring it dead.
+  Future<void> drain() override {
+    if (!table_) {
+      return makeReadyFuture();
+    }
+    started_ = false;  // No more joins, view repairs or probes.
+    timers_.clear();
+    table_->leave();
+    StaticContext::instance().logger().info("gossip: leaving the cluster: telling {} neighbour{}",
+                                            active_.size(), active_.size() == 1 ? "" : "s");
+    return sendAll({active_.begin(), active_.end()}, "gossip.push", memberNews({&table_->self()}));
+  }
+
   Future<void> stop() override {
     started_ = false;
     rpc_.clear();
@@ -404,6 +425,7 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
     ihaveFlush_ = context.loop().createTimer([this] { flushIHave(); });
     every(settings_.syncInterval, [this] { maintain(); });
     every(settings_.rejoinInterval, [this] { rejoin(); });
+    every(std::min<Duration>(settings_.forgetAfter, std::chrono::minutes(1)), [this] { forget(); });
     every(std::chrono::seconds(1), [this] { logSummary(); });
     join(0);
   }
@@ -473,7 +495,7 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
         others.push_back(id);
       }
     }
-    sendAll(others, "gossip.forward_join", std::move(forward));
+    sendAll(others, "gossip.forward_join", std::move(forward)).detach();
   }
 
   void onWelcome(const EventPtr&, const pv::Envelope& in, const Struct& body) {
@@ -710,6 +732,17 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
     }
   }
 
+  void forget() {
+    const auto forgotten =
+        table_->forget(nowUnixNanos() - std::chrono::nanoseconds(settings_.forgetAfter).count());
+    if (forgotten > 0) {
+      changed_ = true;
+      StaticContext::instance().logger().info(
+          "gossip: forgot {} member{} dead or left for over {:g} s (forget_after)", forgotten,
+          forgotten == 1 ? "" : "s", std::chrono::duration<double>(settings_.forgetAfter).count());
+    }
+  }
+
   // Every rejoin_interval: alone, the seeds again; otherwise one dead member is dialled, so that
   // the two sides of a healed partition find each other.
   void rejoin() {
@@ -828,6 +861,7 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
 
   void onSync(const EventPtr&, const pv::Envelope& in, const Struct& body) {
     const std::string digest = stringField(body, "digest", 16);
+    ++stats_.syncs_received;
     if (digest != digestText()) {
       sendState(in.sender(), true);
     }
@@ -852,6 +886,7 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
   void sendSync(const std::string& to) {
     Value sync;
     (*sync.mutable_struct_value()->mutable_fields())["digest"] = stringValue(digestText());
+    ++stats_.syncs_sent;
     tell(to, "gossip.sync", std::move(sync));
   }
 
@@ -870,6 +905,7 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
     auto& fields = *state.mutable_struct_value()->mutable_fields();
     fields["members"] = tableValue();
     fields["ask"] = boolValue(ask);
+    ++stats_.states_sent;
     tell(to, "gossip.state", std::move(state));
   }
 
@@ -878,11 +914,16 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
     if (records.empty()) {
       return;
     }
+    const Value push = memberNews(records);
+    forward(push, push.struct_value().fields().at("id").string_value(), {}, nullptr, 0);
+  }
+
+  // A broadcast of member records (flooded in both modes), already marked seen here.
+  Value memberNews(const std::vector<const MemberRecord*>& records) {
     Value push = newPush(kMemberTopic);
     (*push.mutable_struct_value()->mutable_fields())["members"] = membersValue(records);
-    const std::string id = push.struct_value().fields().at("id").string_value();
-    seen_.insert(id);
-    forward(push, id, {}, nullptr, 0);
+    seen_.insert(push.struct_value().fields().at("id").string_value());
+    return push;
   }
 
   // ---- Broadcast --------------------------------------------------------------------------------
@@ -984,7 +1025,13 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
       lazy_.erase(from);
     }
     if (internal) {
-      learn(membersOf(body, "members"));
+      // Forwarded only when it told this node something: every node that marks a suspect dead
+      // when its own suspicion runs out says so once, and before this, each of those N floods
+      // went to every node (N^2 messages a death; a cluster losing nodes one after another at
+      // 512 nodes grew every survivor by 20 MB a minute in queued news).
+      if (learn(membersOf(body, "members")).empty()) {
+        return;
+      }
     } else {
       std::optional<std::string> payload;
       if (wantsMessages()) {
@@ -1040,7 +1087,7 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
       stats_.sent += targets.size();
       stats_.bytes_out += bytes * targets.size();
     }
-    sendAll(targets, "gossip.push", push, parent);
+    sendAll(targets, "gossip.push", push, parent).detach();
     for (const auto& peer : announce) {
       pendingIHave_[peer].push_back(id);
     }
@@ -1124,7 +1171,7 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
       if (auto it = cache_.find(id); it != cache_.end()) {
         ++stats_.sent;
         stats_.bytes_out += it->second.bytes;
-        sendAll({from}, "gossip.push", it->second.push, event);
+        sendAll({from}, "gossip.push", it->second.push, event).detach();
       }
     }
   }
@@ -1198,13 +1245,14 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
   // ---- Sending through the portal ---------------------------------------------------------------
 
   void tell(const std::string& to, const char* type, Value payload) {
-    sendAll({to}, type, std::move(payload));
+    sendAll({to}, type, std::move(payload)).detach();
   }
 
-  void sendAll(const std::vector<std::string>& to, const char* type, Value payload,
-               const EventPtr& parent = nullptr) {
+  // Settles (never fails) once the portal has queued the message to every reachable peer in `to`.
+  Future<void> sendAll(const std::vector<std::string>& to, const char* type, Value payload,
+                       const EventPtr& parent = nullptr) {
     if (to.empty()) {
-      return;
+      return makeReadyFuture();
     }
     auto broadcast = std::make_shared<pv::Broadcast>();
     broadcast->set_type(type);
@@ -1216,7 +1264,8 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
     auto sent =
         parent ? parent->raise(portalBroadcast, std::move(broadcast))
                : StaticContext::instance().events().raise(portalBroadcast, std::move(broadcast));
-    sent.recover([](const std::exception_ptr&) { return MessagePtr(); }).detach();
+    return sent.recover([](const std::exception_ptr&) { return MessagePtr(); })
+        .then([](const MessagePtr&) {});
   }
 
   Future<MessagePtr> dial(const std::string& address, const std::string& id) {
@@ -1317,6 +1366,9 @@ class Gossip final : public ConfiguredModule<v1::GossipConfig> {
     out->set_bytes_in(stats_.bytes_in);
     out->set_bytes_out(stats_.bytes_out);
     out->set_refused(stats_.refused);
+    out->set_syncs_sent(stats_.syncs_sent);
+    out->set_syncs_received(stats_.syncs_received);
+    out->set_states_sent(stats_.states_sent);
     out->set_node_id(StaticContext::instance().nodeId());
     out->set_mode(settings_.tree ? "tree" : "flood");
     out->set_seen(static_cast<uint32_t>(seen_.size()));

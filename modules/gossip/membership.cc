@@ -53,6 +53,11 @@ MemberTable::MemberTable(MemberRecord self) : selfId_(self.id) {
 }
 
 uint64_t MemberTable::hashOf(const MemberRecord& record) noexcept {
+  // Only live members count: two nodes that agree on who lives agree, whatever each remembers of
+  // the dead (a node that joined later never learns of old deaths, and forgotten ones are gone).
+  if (!isLive(record.status)) {
+    return 0;
+  }
   // FNV-1a over id, incarnation and status, then a final mix so that XOR-combining many of them
   // does not cancel out by structure.
   uint64_t h = 1469598103934665603ULL;
@@ -93,6 +98,9 @@ MemberTable::Outcome MemberTable::merge(const MemberRecord& record, int64_t nowU
   }
   auto it = members_.find(record.id);
   if (it == members_.end()) {
+    if (!isLive(record.status)) {
+      return Outcome::Unchanged;  // Else a forgotten death would come back with the next sync.
+    }
     MemberRecord fresh = record;
     fresh.sinceUnixNanos = nowUnixNanos;
     digest_ ^= hashOf(fresh);
@@ -153,6 +161,15 @@ bool MemberTable::mark(const std::string& id, Status status, int64_t nowUnixNano
   replace(it->second, next);
   it->second.sinceUnixNanos = nowUnixNanos;
   return true;
+}
+
+size_t MemberTable::forget(int64_t beforeUnixNanos) {
+  // Only the dead and left go, and they are not in the digest.
+  return std::erase_if(members_, [&](const auto& entry) {
+    const MemberRecord& record = entry.second;
+    return entry.first != selfId_ && !isLive(record.status) &&
+           record.sinceUnixNanos < beforeUnixNanos;
+  });
 }
 
 const MemberRecord* MemberTable::find(const std::string& id) const {

@@ -44,7 +44,8 @@ class MemberTable {
  public:
   enum class Outcome {
     Unchanged,  // Not newer than what we have.
-    Added,      // A member we did not know.
+    Added,      // A member we did not know (alive or suspect: a death we never knew of, or
+                // forgot, is ignored as Unchanged).
     Updated,    // Newer than what we had (status, address or metadata may have changed).
     AboutSelf,  // Someone says this node is suspect or dead: refute (refute()).
   };
@@ -60,6 +61,8 @@ class MemberTable {
   void setSelfMetadata(std::map<std::string, std::string> metadata);
   // This node leaves: its record says so (same incarnation, status left).
   void leave();
+  // Drops the members dead or left since before `beforeUnixNanos`; returns how many.
+  size_t forget(int64_t beforeUnixNanos);
 
   // Marks `id` (not this node) with `status` at its current incarnation, as this node's own
   // finding (a failed probe, an expired suspicion). False when it is unknown, or that status is
@@ -71,8 +74,10 @@ class MemberTable {
   [[nodiscard]] const std::unordered_map<std::string, MemberRecord>& all() const noexcept {
     return members_;
   }
-  // Changes whenever any member's (incarnation, status) does: equal digests mean (almost
-  // certainly) equal tables, so anti-entropy sends whole tables only when they differ.
+  // Changes whenever a live member's (incarnation, status) does, or a member lives or dies: equal
+  // digests mean (almost certainly) the same live members, so anti-entropy sends whole tables
+  // only when they differ. The dead and left are not in it: they are forgotten, and a node that
+  // joined later never learns of them.
   [[nodiscard]] uint64_t digest() const noexcept { return digest_; }
   [[nodiscard]] size_t count(Status status) const noexcept;
 

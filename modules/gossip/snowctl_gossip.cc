@@ -137,6 +137,8 @@ int stats(Ctl& ctl) {
       "{} prunes sent, {} received\n",
       s.ihave_sent(), s.ihave_received(), s.grafts_sent(), s.grafts_received(), s.prunes_sent(),
       s.prunes_received());
+  fmt::print("membership   {} digests sent, {} received; {} whole tables sent\n", s.syncs_sent(),
+             s.syncs_received(), s.states_sent());
   fmt::print("memory       {} ids seen, {} payloads cached; {} messages refused\n", s.seen(),
              s.cached(), s.refused());
   return 0;

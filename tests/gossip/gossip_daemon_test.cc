@@ -27,6 +27,7 @@ namespace {
 
 using namespace std::chrono_literals;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using json = nlohmann::json;
 
 constexpr const char* kSecret = "gossip-test-secret";
@@ -310,6 +311,83 @@ TEST_F(GossipDaemonTest, AFifthOfTheNodesKilledAreDeclaredDeadAndTheRestStillGet
   }
   ASSERT_TRUE(eventually([&] { return converged(all, idsOf(all)); }, 30s));
   EXPECT_NE(nodes_[4].process->waitForLog("is alive"), std::string::npos);
+}
+
+TEST_F(GossipDaemonTest, ANodeStoppedCleanlyIsListedAsLeftNotDeadAndComesBackAlive) {
+  constexpr size_t kNodes = 8;
+  startAll(kNodes, "TREE");
+  const auto all = range(0, kNodes);
+  ASSERT_TRUE(eventually([&] { return converged(all, idsOf(all)); }, 30s));
+
+  nodes_[3].process->signal(SIGTERM);
+  ASSERT_EQ(nodes_[3].process->waitForExit(), 0) << nodes_[3].process->log();
+  EXPECT_THAT(nodes_[3].process->log(), HasSubstr("gossip: leaving the cluster: telling"));
+  std::vector<size_t> others = all;
+  others.erase(others.begin() + 3);
+  const std::set<std::string> left{nodes_[3].id};
+  ASSERT_TRUE(eventually(
+      [&] {
+        return std::all_of(others.begin(), others.end(),
+                           [&](size_t i) { return withStatus(nodes_[i], "LEFT") == left; });
+      },
+      10s))
+      << "every other node lists the stopped one as left";
+  for (size_t i : others) {
+    EXPECT_THAT(nodes_[i].process->log(),
+                Not(HasSubstr(nodes_[3].id + " at " + nodes_[3].address + " is dead")))
+        << nodes_[i].name << " took a clean stop for a failure";
+    EXPECT_TRUE(withStatus(nodes_[i], "DEAD").empty()) << nodes_[i].name;
+  }
+
+  start(3, "TREE");
+  ASSERT_TRUE(eventually([&] { return converged(all, idsOf(all)); }, 30s))
+      << "a left node that starts again is alive everywhere";
+}
+
+TEST_F(GossipDaemonTest, ADeadMemberIsForgottenAfterForgetAfterAndStaysForgotten) {
+  constexpr size_t kNodes = 4;
+  for (size_t i = 0; i < kNodes; ++i) {
+    start(i, "TREE", kSecret, "    forget_after: 2s\n");
+  }
+  const auto all = range(0, kNodes);
+  ASSERT_TRUE(eventually([&] { return converged(all, idsOf(all)); }, 30s));
+  nodes_[2].process->signal(SIGKILL);
+  nodes_[2].process->waitForExit();
+  const std::vector<size_t> survivors{0, 1, 3};
+  auto listed = [&](const Node& node, const std::string& id) {
+    const auto members = query(node, "members").value("members", json::array());
+    return std::any_of(members.begin(), members.end(),
+                       [&](const json& m) { return m.value("node_id", "") == id; });
+  };
+  ASSERT_TRUE(eventually(
+      [&] {
+        return std::all_of(survivors.begin(), survivors.end(), [&](size_t i) {
+          return withStatus(nodes_[i], "DEAD") == std::set<std::string>{nodes_[2].id};
+        });
+      },
+      20s));
+  ASSERT_TRUE(eventually(
+      [&] {
+        return std::none_of(survivors.begin(), survivors.end(),
+                            [&](size_t i) { return listed(nodes_[i], nodes_[2].id); });
+      },
+      20s))
+      << "every survivor forgets it";
+  EXPECT_NE(nodes_[0].process->waitForLog("gossip: forgot 1 member dead or left"),
+            std::string::npos);
+  // Several anti-entropy rounds later nobody brought it back.
+  auto syncs = [&] {
+    uint64_t n = 0;
+    for (size_t i : survivors) {
+      n += std::stoull(query(nodes_[i], "stats").value("syncs_received", "0"));  // 64-bit: text.
+    }
+    return n;
+  };
+  const uint64_t before = syncs();
+  ASSERT_TRUE(eventually([&] { return syncs() >= before + 6; }, 20s));
+  for (size_t i : survivors) {
+    EXPECT_FALSE(listed(nodes_[i], nodes_[2].id)) << nodes_[i].name;
+  }
 }
 
 TEST_F(GossipDaemonTest, AStrangerWithoutTheSecretNeverJoins) {

@@ -75,6 +75,32 @@ TEST(MemberTableTest, TheDigestFollowsEveryChangeAndAgreesBetweenEqualTables) {
   EXPECT_EQ(a.self().metadata.at("role"), "worker");
 }
 
+TEST(MemberTableTest, MembersDeadOrLeftLongEnoughAreForgottenAndTheirDeathDoesNotComeBack) {
+  const std::string third(32, 'c');
+  MemberTable table(record(kSelf, 10, v1::Member::ALIVE));
+  const uint64_t alone = table.digest();
+  table.merge(record(kOther, 5, v1::Member::ALIVE), 1);
+  table.merge(record(third, 7, v1::Member::ALIVE), 1);
+  EXPECT_TRUE(table.mark(kOther, v1::Member::DEAD, 100));
+  table.merge(record(third, 7, v1::Member::LEFT), 200);
+  EXPECT_EQ(table.forget(100), 0U) << "dead since 100: not before 100";
+  EXPECT_EQ(table.forget(150), 1U);
+  EXPECT_EQ(table.find(kOther), nullptr);
+  EXPECT_NE(table.find(third), nullptr);
+  EXPECT_EQ(table.forget(1000), 1U);
+  EXPECT_EQ(table.find(third), nullptr);
+  EXPECT_EQ(table.all().size(), 1U) << "this node is never forgotten";
+  EXPECT_EQ(table.digest(), alone) << "the digest no longer counts them";
+
+  // A neighbour that has not forgotten yet syncs its table: the deaths stay forgotten...
+  EXPECT_EQ(table.merge(record(kOther, 5, v1::Member::DEAD), 2000),
+            MemberTable::Outcome::Unchanged);
+  EXPECT_EQ(table.merge(record(third, 7, v1::Member::LEFT), 2000), MemberTable::Outcome::Unchanged);
+  EXPECT_EQ(table.find(kOther), nullptr);
+  // ...and a member that starts again is new.
+  EXPECT_EQ(table.merge(record(kOther, 9, v1::Member::ALIVE), 3000), MemberTable::Outcome::Added);
+}
+
 TEST(SeenSetTest, RemembersTheLastIdsAndForgetsTheOldestFirst) {
   SeenSet seen(3);
   EXPECT_TRUE(seen.insert("a"));
