@@ -85,6 +85,10 @@ Result<int> RealPosix::lstat(const char* path, struct stat* out) {
   return fromReturn(::lstat(path, out));
 }
 
+Result<ssize_t> RealPosix::readlink(const char* path, char* buf, size_t size) {
+  return fromReturn(::readlink(path, buf, size));
+}
+
 Result<int> RealPosix::unlink(const char* path) {
   return fromReturn(::unlink(path));
 }

@@ -116,6 +116,10 @@ class Posix {
   virtual Result<int> fstat(int fd, struct stat* out) = 0;
   virtual Result<int> stat(const char* path, struct stat* out) = 0;
   virtual Result<int> lstat(const char* path, struct stat* out) = 0;
+  // The target of the symbolic link `path`, as readlink(2) places it in `buf`: at most `size`
+  // bytes, not NUL-terminated; `value` is the number of bytes placed (equal to `size` when the
+  // target may have been cut short). EINVAL: `path` is not a symbolic link.
+  virtual Result<ssize_t> readlink(const char* path, char* buf, size_t size) = 0;
   virtual Result<int> unlink(const char* path) = 0;
   virtual Result<int> rename(const char* from, const char* to) = 0;
   virtual Result<int> mkdir(const char* path, mode_t mode) = 0;
