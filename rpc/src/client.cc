@@ -118,6 +118,7 @@ class Client::Impl {
   class Call;
   class UnaryCall;
   class StreamCall;
+  class UploadCall;
 
   struct Peer {
     std::string address;
@@ -151,15 +152,15 @@ class Client::Impl {
   // peer(), or nullptr with `error` set when its channels cannot be made (unreadable TLS files).
   Peer* peerOrNull(std::string_view address, std::string& error);
 
-  // What call() and stream() check and do before anything is sent: the peer's channels and the
-  // serialised request, or the error the call rejects with.
+  // What call(), stream() and upload() check and do before anything is sent: the peer's channels
+  // and the serialised request (when there is one), or the error the call rejects with.
   struct Prepared {
     Peer* peer = nullptr;
     grpc::ByteBuffer request;
     std::optional<RpcError> error;
   };
   Prepared prepare(std::string_view peer, std::string_view method,
-                   const google::protobuf::Message& request, const CallOptions& options);
+                   const google::protobuf::Message* request, const CallOptions& options);
   // The call's span (call_span.h): child of options.traceParent or the current event's span.
   std::unique_ptr<opentracing::Span> startSpan(std::string_view method, std::string_view peer,
                                                const CallOptions& options) const;
@@ -461,6 +462,247 @@ class Client::Impl::StreamCall final : public Call {
   CompletionOf<StreamCall, &StreamCall::onFinished> finished_{this};
 };
 
+// A client-streaming call. gRPC allows one read and one write in flight, so two lanes run at
+// once: the writes of what next() produces, one at a time, then WritesDone; and, from the start,
+// the read of the reply, which also completes when the server ends the call early (so the
+// writes stop without waiting for one to fail). Whatever stops the call (the reply, the server's
+// end, an error here, the caller), Finish is asked once neither lane nor next() is busy, and its
+// status and what stopped the call decide the outcome.
+class Client::Impl::UploadCall final : public Call {
+ public:
+  UploadCall(Impl& client, Peer& peer, std::string_view method, const Message& replyPrototype,
+             UniqueFunction<Future<MessagePtr>()> next, CallOptions options)
+      : client_(client),
+        peer_(peer),
+        method_(method),
+        replyPrototype_(replyPrototype),
+        next_(std::move(next)),
+        options_(std::move(options)),
+        promise_(client.loop_) {}
+
+  Future<MessagePtr> start() {
+    Future<MessagePtr> future = promise_.future();
+    promise_.onCancel([this] { stop(); });
+    context_.set_deadline(client_.deadlineOf(options_, false));
+    span_ = client_.startSpan(method_, peer_.address, options_);
+    client_.addMetadata(context_, options_, span_.get());
+    stream_ = peer_.stub().PrepareCall(&context_, method_, &client_.queue_);
+    starting_ = true;
+    stream_->StartCall(&started_);
+    return future;
+  }
+
+  void cancelForShutdown() override {
+    stop();
+    if (!promise_.isSettled()) {
+      detail::endCallSpan(span_, Code::Cancelled, "the RPC client was shut down");
+      promise_.reject(
+          RpcError(Code::Cancelled, "the RPC client was shut down", method_, peer_.address));
+    }
+  }
+
+ private:
+  // Gives up from this side: nothing more is sent, and gRPC ends the lanes in flight.
+  void stop() {
+    stopping_ = true;
+    context_.TryCancel();
+    // Not valid while next() itself runs. Once cancelled, its continuation still runs and
+    // finishes the call.
+    if (producing_ && production_.valid()) {
+      production_.cancel();
+    }
+    finishWhenQuiet();
+  }
+
+  void onStarted(bool ok) {
+    starting_ = false;
+    if (!ok || stopping_) {
+      stopping_ = true;
+      finishWhenQuiet();
+      return;
+    }
+    reading_ = true;
+    stream_->Read(&reply_, &read_);
+    produce();
+  }
+
+  void produce() {
+    producing_ = true;
+    Future<MessagePtr> produced;
+    try {
+      produced = next_();
+      if (!produced.valid()) {
+        throw std::logic_error("the upload's next() returned an empty future");
+      }
+    } catch (...) {
+      produced = makeErrorFuture<MessagePtr>(std::current_exception());
+    }
+    production_ = produced.whenSettled(
+        [this, alive = std::weak_ptr<bool>(alive_)](const Future<MessagePtr>& message) {
+          if (alive.expired()) {  // The client was destroyed meanwhile.
+            (void)message.error();
+            return;
+          }
+          production_.detach();
+          onProduced(message);
+        });
+    if (stopping_) {  // next() cancelled the call itself.
+      production_.cancel();
+    }
+  }
+
+  void onProduced(const Future<MessagePtr>& produced) {
+    producing_ = false;
+    if (stopping_) {
+      (void)produced.error();
+      finishWhenQuiet();
+      return;
+    }
+    if (produced.hasError()) {
+      producerError_ = produced.error();
+      stop();
+      return;
+    }
+    const MessagePtr& message = produced.value();
+    if (message == nullptr) {
+      writing_ = true;
+      stream_->WritesDone(&halfClosed_);
+      return;
+    }
+    buffer_.Clear();  // gRPC serialises only into an empty buffer.
+    if (!detail::serialize(*message, buffer_)) {
+      failHere(Code::InvalidArgument,
+               fmt::format("message {} of the upload could not be serialised", sent_ + 1));
+      return;
+    }
+    // gRPC would refuse it too, but with a status that names no limit of ours.
+    if (buffer_.Length() > static_cast<size_t>(client_.options_.maxMessageBytes)) {
+      failHere(Code::ResourceExhausted,
+               fmt::format("message {} of the upload is {} bytes, over the client's limit of {} "
+                           "bytes (ClientOptions::maxMessageBytes)",
+                           sent_ + 1, buffer_.Length(), client_.options_.maxMessageBytes));
+      return;
+    }
+    writing_ = true;
+    ++sent_;
+    stream_->Write(buffer_, &wrote_);
+  }
+
+  void failHere(Code code, std::string_view message) {
+    localError_ = RpcError(code, message, method_, peer_.address);
+    stop();
+  }
+
+  void onWrote(bool ok) {
+    writing_ = false;
+    if (!ok) {  // The call ended (the server answered, or it broke); the read lane sees it too.
+      stopping_ = true;
+    }
+    if (stopping_) {
+      finishWhenQuiet();
+      return;
+    }
+    produce();
+  }
+
+  void onHalfClosed(bool /*ok*/) {
+    writing_ = false;
+    stopping_ = true;  // Sent all, or the call ended: either way the reply (or its end) follows.
+    finishWhenQuiet();
+  }
+
+  void onRead(bool ok) {
+    reading_ = false;
+    gotReply_ = ok;
+    // The server answered (or the call ended): what is still to send would be discarded.
+    stopping_ = true;
+    if (producing_) {
+      production_.cancel();
+    }
+    finishWhenQuiet();
+  }
+
+  void finishWhenQuiet() {
+    if (finishing_ || starting_ || reading_ || writing_ || producing_) {
+      return;
+    }
+    finishing_ = true;
+    stream_->Finish(&status_, &finished_);
+  }
+
+  void onFinished(bool /*ok*/) {
+    if (promise_.isSettled()) {  // Cancelled by the caller, or the client shut down.
+      detail::endCallSpan(span_, Code::Cancelled, "cancelled by the caller");
+    } else if (producerError_) {
+      const grpc::Status status = detail::statusOf(producerError_);
+      detail::endCallSpan(span_, detail::codeOf(status), status.error_message());
+      promise_.setError(producerError_);
+    } else if (localError_) {
+      detail::endCallSpan(span_, localError_->code(), localError_->statusMessage());
+      promise_.reject(*localError_);
+    } else if (!status_.ok()) {
+      const Code code = detail::codeOf(status_);
+      std::string message = status_.error_message();
+      if (code == Code::DeadlineExceeded) {
+        message =
+            fmt::format("the upload did not finish within {} ms ({} message{} sent)",
+                        millis(options_.timeout.count() != 0 ? options_.timeout
+                                                             : client_.options_.defaultTimeout),
+                        sent_, sent_ == 1 ? "" : "s");
+      }
+      fail(code, message);
+    } else if (!gotReply_) {
+      fail(Code::Internal, "the server ended the upload with OK but sent no reply");
+    } else {
+      std::shared_ptr<Message> reply(replyPrototype_.New());
+      if (detail::parse(reply_, *reply)) {
+        detail::endCallSpan(span_, Code::Ok, "");
+        promise_.setValue(std::move(reply));
+      } else {
+        fail(Code::Internal, fmt::format("the reply is not a valid {}", reply->GetTypeName()));
+      }
+    }
+    client_.forget(this);
+  }
+
+  void fail(Code code, std::string_view message) {
+    detail::endCallSpan(span_, code, message);
+    promise_.reject(RpcError(code, message, method_, peer_.address));
+  }
+
+  Impl& client_;
+  Peer& peer_;
+  std::string method_;
+  const Message& replyPrototype_;
+  UniqueFunction<Future<MessagePtr>()> next_;
+  CallOptions options_;
+  Promise<MessagePtr> promise_;
+  std::unique_ptr<opentracing::Span> span_;  // Null when not traced.
+  grpc::ClientContext context_;
+  std::unique_ptr<grpc::GenericClientAsyncReaderWriter> stream_;
+  grpc::ByteBuffer buffer_;  // The message being written.
+  grpc::ByteBuffer reply_;
+  grpc::Status status_;
+  Future<void> production_;  // next()'s future, while it is pending.
+  std::exception_ptr producerError_;
+  std::optional<RpcError> localError_;
+  uint64_t sent_ = 0;
+  bool starting_ = false;
+  bool reading_ = false;
+  bool writing_ = false;    // A Write or WritesDone.
+  bool producing_ = false;  // Waiting for next()'s future.
+  bool stopping_ = false;   // No more next() nor writes.
+  bool finishing_ = false;
+  bool gotReply_ = false;
+  // production_'s continuation checks it: the client may delete this call before it runs.
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  CompletionOf<UploadCall, &UploadCall::onStarted> started_{this};
+  CompletionOf<UploadCall, &UploadCall::onWrote> wrote_{this};
+  CompletionOf<UploadCall, &UploadCall::onHalfClosed> halfClosed_{this};
+  CompletionOf<UploadCall, &UploadCall::onRead> read_{this};
+  CompletionOf<UploadCall, &UploadCall::onFinished> finished_{this};
+};
+
 // ---- Impl --------------------------------------------------------------------------------------
 
 Client::Impl::~Impl() {
@@ -648,7 +890,7 @@ const ClientOptions& Client::options() const noexcept {
 }
 
 Client::Impl::Prepared Client::Impl::prepare(std::string_view peer, std::string_view method,
-                                             const google::protobuf::Message& request,
+                                             const google::protobuf::Message* request,
                                              const CallOptions& options) {
   Prepared out;
   auto fail = [&](Code code, std::string_view why) {
@@ -663,7 +905,7 @@ Client::Impl::Prepared Client::Impl::prepare(std::string_view peer, std::string_
       return fail(Code::InvalidArgument, why);
     }
   }
-  if (!detail::serialize(request, out.request)) {
+  if (request != nullptr && !detail::serialize(*request, out.request)) {
     return fail(Code::InvalidArgument, "the request could not be serialised");
   }
   std::string error;
@@ -678,7 +920,7 @@ Future<MessagePtr> Client::call(std::string_view peer, std::string_view method,
                                 const google::protobuf::Message& request,
                                 const google::protobuf::Message& replyPrototype,
                                 CallOptions options) {
-  Impl::Prepared prepared = impl_->prepare(peer, method, request, options);
+  Impl::Prepared prepared = impl_->prepare(peer, method, &request, options);
   if (prepared.error) {
     return makeErrorFuture<MessagePtr>(std::move(*prepared.error));
   }
@@ -692,12 +934,29 @@ Future<void> Client::stream(std::string_view peer, std::string_view method,
                             const google::protobuf::Message& request,
                             const google::protobuf::Message& replyPrototype,
                             UniqueFunction<void(MessagePtr)> onMessage, CallOptions options) {
-  Impl::Prepared prepared = impl_->prepare(peer, method, request, options);
+  Impl::Prepared prepared = impl_->prepare(peer, method, &request, options);
   if (prepared.error) {
     return makeErrorFuture<void>(std::move(*prepared.error));
   }
   auto* call = new Impl::StreamCall(*impl_, *prepared.peer, method, prepared.request,
                                     replyPrototype, std::move(onMessage), std::move(options));
+  impl_->calls_.insert(call);
+  return call->start();
+}
+
+Future<MessagePtr> Client::upload(std::string_view peer, std::string_view method,
+                                  const google::protobuf::Message& replyPrototype,
+                                  UniqueFunction<Future<MessagePtr>()> next, CallOptions options) {
+  Impl::Prepared prepared = impl_->prepare(peer, method, nullptr, options);
+  if (prepared.error) {
+    return makeErrorFuture<MessagePtr>(std::move(*prepared.error));
+  }
+  if (!next) {
+    return makeErrorFuture<MessagePtr>(
+        RpcError(Code::InvalidArgument, "the upload has no next()", method, peer));
+  }
+  auto* call = new Impl::UploadCall(*impl_, *prepared.peer, method, replyPrototype, std::move(next),
+                                    std::move(options));
   impl_->calls_.insert(call);
   return call->start();
 }

@@ -8,6 +8,7 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <grpc/grpc.h>
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server.h>
@@ -63,6 +64,7 @@ class Server::Impl {
  public:
   class Call;
   class Stream;
+  class Reader;
 
   Impl(Dispatcher& loop, Services& services, posix::Posix& os, ServerOptions options)
       : loop_(loop),
@@ -130,6 +132,35 @@ class Server::Impl::Stream final : public ServerStream {
   std::unique_ptr<Promise<void>> closedPromise_;
 };
 
+// The server side of a client stream. A gRPC read is started only by read(), at most one at a
+// time; what it brings goes to the read's promise, or waits in `ready_` when the handler
+// cancelled that read's future. The end of the stream and errors are kept, so every later read
+// answers the same (gRPC allows no read after a failed one).
+class Server::Impl::Reader final : public ClientStream {
+ public:
+  Reader(Call* call, const Message& prototype) : call_(call), prototype_(prototype) {}
+  [[nodiscard]] Future<MessagePtr> read() override;
+
+  // What one gRPC read brought: a message in `buffer` when `ok`; else the end of the stream, or
+  // the call's failure when `failed` (gRPC tells the two apart, see Call::failedBeforeEnd()).
+  void arrived(bool ok, bool failed, grpc::ByteBuffer& buffer);
+  // This read and every later one reject with `error` (the first error given stays).
+  void fail(const std::exception_ptr& error);
+  void detach() {
+    call_ = nullptr;
+    fail(std::make_exception_ptr(RpcError(Code::Cancelled, "the call has ended")));
+  }
+
+  Call* call_;
+  const Message& prototype_;
+  uint64_t received_ = 0;  // Messages parsed, to name the one that is not.
+  bool inFlight_ = false;  // A gRPC read is started and not completed.
+  bool ended_ = false;     // The client half-closed.
+  std::exception_ptr error_;
+  MessagePtr ready_;  // Arrived after its read's future was cancelled; the next read's.
+  std::unique_ptr<Promise<MessagePtr>> waiter_;
+};
+
 // One call, from RequestCall to the done notification. Deletes itself when nothing is pending:
 // not gRPC's operations, not the handler.
 class Server::Impl::Call final : public CallContext {
@@ -139,6 +170,9 @@ class Server::Impl::Call final : public CallContext {
     if (streamState_) {
       streamState_->detach();
       streamState_->close();
+    }
+    if (reader_) {
+      reader_->detach();
     }
     // Destroyed with its handler still working (the server was destroyed without stop()): the
     // handler is cancelled, as stop() would have. Its continuation finds alive_ gone.
@@ -170,10 +204,12 @@ class Server::Impl::Call final : public CallContext {
   }
 
   void writeNext();
+  void readNext();
   void finish(const grpc::Status& status);
 
  private:
   friend class Impl::Stream;
+  friend class Impl::Reader;
 
   // A new call's completion starts reading its request message at once, on the pump thread.
   // The message has mostly arrived with the call, so the read completes in the same batch and
@@ -195,11 +231,16 @@ class Server::Impl::Call final : public CallContext {
 
   void onRequested(bool ok);
   void onRead(bool ok);
+  void onStreamRead(bool ok);
   void onWritten(bool ok);
   void onFinished(bool ok);
   void onDone(bool ok);
 
   void handle(Services::Method& method);
+  void handleClientStream(Services::Method& method, bool ok);
+  void startSpan();
+  // Replies when `outcome` (the handler's) settles: now, or later through handling_.
+  void answer(Future<MessagePtr> outcome);
   void reply(const Future<MessagePtr>& outcome);
   void endStream(const Future<void>& outcome);
   void settled() {
@@ -211,6 +252,9 @@ class Server::Impl::Call final : public CallContext {
       server_.forget(this);
     }
   }
+  // After a read that brought nothing: true when the call failed (cancelled, deadline, connection
+  // lost), false when the client half-closed. The flag gRPC's callback API reads for the same.
+  bool failedBeforeEnd() { return grpc_call_failed_before_recv_message(context_.c_call()) != 0; }
 
   Impl& server_;
   grpc::GenericServerContext context_;
@@ -219,6 +263,8 @@ class Server::Impl::Call final : public CallContext {
   std::unique_ptr<opentracing::SpanContext> traceParent_;  // The caller's, from the metadata.
   std::unique_ptr<opentracing::Span> span_;                // This call's, child of traceParent_.
   std::shared_ptr<Stream> streamState_;
+  std::shared_ptr<Reader> reader_;  // Client streams only.
+  grpc::ByteBuffer readBuffer_;     // A client stream's reads; buffer_ may carry the reply.
   std::optional<grpc::Status> finishAfterWrites_;
   Future<void> handling_;        // The handler's outcome, while it is pending.
   std::shared_ptr<bool> alive_;  // Made only when the handler does not answer at once.
@@ -228,6 +274,7 @@ class Server::Impl::Call final : public CallContext {
   bool reading_ = false;  // Set on the pump thread before onRequested() runs (Requested).
   Requested requested_{this};
   CompletionOf<Call, &Call::onRead> read_{this};
+  CompletionOf<Call, &Call::onStreamRead> streamRead_{this};
   CompletionOf<Call, &Call::onWritten> written_{this};
   CompletionOf<Call, &Call::onFinished> finishedOp_{this};
   CompletionOf<Call, &Call::onDone> done_{this};
@@ -257,6 +304,8 @@ void Server::Impl::Call::onRead(bool ok) {
   if (method == nullptr) {
     finish({grpc::StatusCode::UNIMPLEMENTED,
             fmt::format("this node serves no method {}", context_.method())});
+  } else if (method->clientStream) {
+    handleClientStream(*method, ok);
   } else if (!ok) {
     finish({grpc::StatusCode::INVALID_ARGUMENT, "the call carried no request message"});
   } else {
@@ -273,14 +322,7 @@ void Server::Impl::Call::handle(Services::Method& method) {
     return;
   }
   buffer_.Clear();
-  if (server_.extractTraces_) {
-    MetadataReader reader(context_.client_metadata());
-    if (auto extracted = server_.tracer_->Extract(reader); extracted && *extracted) {
-      traceParent_ = std::move(*extracted);
-      span_ = detail::startCallSpan(*server_.tracer_, detail::Side::Server, context_.method(),
-                                    context_.peer(), traceParent_.get());
-    }
-  }
+  startSpan();
   if (method.unary) {
     Future<MessagePtr> outcome;
     try {
@@ -288,22 +330,7 @@ void Server::Impl::Call::handle(Services::Method& method) {
     } catch (...) {
       outcome = makeErrorFuture<MessagePtr>(std::current_exception());
     }
-    if (outcome.isReady()) {
-      reply(outcome);
-      return;
-    }
-    ++pending_;
-    alive_ = std::make_shared<bool>(true);
-    handling_ = outcome.whenSettled(
-        [this, alive = std::weak_ptr<bool>(alive_)](const Future<MessagePtr>& answer) {
-          if (alive.expired()) {
-            (void)answer.error();
-            return;
-          }
-          handling_.detach();
-          reply(answer);
-          settled();
-        });
+    answer(std::move(outcome));
     return;
   }
   streamState_ = std::make_shared<Stream>(this);
@@ -325,6 +352,70 @@ void Server::Impl::Call::handle(Services::Method& method) {
         endStream(done);
         settled();
       });
+}
+
+// The first message was read eagerly, as for every call (Requested); the handler gets it from
+// its first read(). Later messages are read only when the handler asks.
+void Server::Impl::Call::handleClientStream(Services::Method& method, bool ok) {
+  if (!ok && failedBeforeEnd()) {  // Gone before its first message: nobody to answer.
+    finish({grpc::StatusCode::CANCELLED, "the client cancelled the call"});
+    return;
+  }
+  startSpan();
+  reader_ = std::make_shared<Reader>(this, *method.request);
+  reader_->arrived(ok, false, buffer_);
+  buffer_.Clear();
+  Future<MessagePtr> outcome;
+  try {
+    outcome = method.clientStream(*this, reader_);
+  } catch (...) {
+    outcome = makeErrorFuture<MessagePtr>(std::current_exception());
+  }
+  answer(std::move(outcome));
+}
+
+void Server::Impl::Call::startSpan() {
+  if (!server_.extractTraces_) {
+    return;
+  }
+  MetadataReader reader(context_.client_metadata());
+  if (auto extracted = server_.tracer_->Extract(reader); extracted && *extracted) {
+    traceParent_ = std::move(*extracted);
+    span_ = detail::startCallSpan(*server_.tracer_, detail::Side::Server, context_.method(),
+                                  context_.peer(), traceParent_.get());
+  }
+}
+
+void Server::Impl::Call::answer(Future<MessagePtr> outcome) {
+  if (outcome.isReady()) {
+    reply(outcome);
+    return;
+  }
+  ++pending_;
+  alive_ = std::make_shared<bool>(true);
+  handling_ = outcome.whenSettled(
+      [this, alive = std::weak_ptr<bool>(alive_)](const Future<MessagePtr>& settledOutcome) {
+        if (alive.expired()) {
+          (void)settledOutcome.error();
+          return;
+        }
+        handling_.detach();
+        reply(settledOutcome);
+        settled();
+      });
+}
+
+void Server::Impl::Call::readNext() {
+  reader_->inFlight_ = true;
+  stream_.Read(&readBuffer_, &streamRead_);
+  ++pending_;
+}
+
+void Server::Impl::Call::onStreamRead(bool ok) {
+  --pending_;
+  reader_->arrived(ok, !ok && failedBeforeEnd(), readBuffer_);
+  readBuffer_.Clear();
+  collect();
 }
 
 void Server::Impl::Call::reply(const Future<MessagePtr>& outcome) {
@@ -405,6 +496,10 @@ void Server::Impl::Call::onDone(bool /*ok*/) {
     if (streamState_) {
       streamState_->close();
     }
+    if (reader_) {
+      reader_->fail(std::make_exception_ptr(
+          RpcError(Code::Cancelled, "the client cancelled the call or went away")));
+    }
     if (handling_.valid()) {  // Cancellation flows to the handler (and an event's subtree).
       handling_.cancel();
     }
@@ -442,6 +537,71 @@ Future<void> Server::Impl::Stream::closed() {
     closedPromise_->setValue();
   }
   return future;
+}
+
+// ---- Reader --------------------------------------------------------------------------------
+
+Future<MessagePtr> Server::Impl::Reader::read() {
+  if (waiter_ && !waiter_->isSettled()) {
+    throw std::logic_error("ClientStream::read() called while an earlier read is pending");
+  }
+  if (ready_ != nullptr) {
+    return makeReadyFuture<MessagePtr>(std::exchange(ready_, nullptr));
+  }
+  if (error_) {
+    return makeErrorFuture<MessagePtr>(error_);
+  }
+  if (ended_) {
+    return makeReadyFuture<MessagePtr>(nullptr);
+  }
+  if (!inFlight_) {
+    if (call_->finished_) {  // The handler answered already; no operation may start now.
+      fail(std::make_exception_ptr(RpcError(Code::Cancelled, "the call has ended")));
+      return makeErrorFuture<MessagePtr>(error_);
+    }
+    call_->readNext();
+  }
+  waiter_ = std::make_unique<Promise<MessagePtr>>(call_->server_.loop_);
+  return waiter_->future();
+}
+
+void Server::Impl::Reader::arrived(bool ok, bool failed, grpc::ByteBuffer& buffer) {
+  inFlight_ = false;
+  if (error_) {  // Cancelled meanwhile: what the read brought is not wanted.
+    return;
+  }
+  MessagePtr message;
+  if (ok) {
+    std::shared_ptr<Message> parsed(prototype_.New());
+    if (!detail::parse(buffer, *parsed)) {
+      fail(std::make_exception_ptr(
+          RpcError(Code::InvalidArgument, fmt::format("message {} of the stream is not a valid {}",
+                                                      received_ + 1, parsed->GetTypeName()))));
+      return;
+    }
+    ++received_;
+    message = std::move(parsed);
+  } else if (failed) {
+    fail(std::make_exception_ptr(
+        RpcError(Code::Cancelled, "the client cancelled the call or went away")));
+    return;
+  } else {
+    ended_ = true;
+  }
+  if (waiter_ && !waiter_->isSettled()) {
+    waiter_->setValue(std::move(message));
+  } else {
+    ready_ = std::move(message);
+  }
+}
+
+void Server::Impl::Reader::fail(const std::exception_ptr& error) {
+  if (!error_) {
+    error_ = error;
+  }
+  if (waiter_ && !waiter_->isSettled()) {
+    waiter_->setError(error_);
+  }
 }
 
 // ---- Impl ----------------------------------------------------------------------------------

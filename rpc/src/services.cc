@@ -22,7 +22,9 @@ void Services::Registration::reset() noexcept {
 }
 
 Services::Registration Services::add(Method method) {
-  if (method.request == nullptr || (!method.unary == !method.stream)) {
+  const int handlers =
+      (method.unary ? 1 : 0) + (method.stream ? 1 : 0) + (method.clientStream ? 1 : 0);
+  if (method.request == nullptr || handlers != 1) {
     throw std::logic_error(
         fmt::format("method {}: needs a request type and one handler", method.name));
   }
@@ -48,7 +50,8 @@ std::vector<std::string> Services::names() const {
   return out;
 }
 
-void Services::checkDeclared(std::string_view name, const Message& request, const Message& reply) {
+void Services::checkDeclared(std::string_view name, const Message& request, const Message& reply,
+                             Kind kind) {
   // "/package.Service/Method"
   const auto slash = name.rfind('/');
   if (name.size() < 4 || name.front() != '/' || slash == 0 || slash + 1 >= name.size()) {
@@ -72,6 +75,13 @@ void Services::checkDeclared(std::string_view name, const Message& request, cons
         "method {} is declared as ({}) returns ({}), the handler takes ({}) returns ({})", name,
         declared->input_type()->full_name(), declared->output_type()->full_name(),
         request.GetDescriptor()->full_name(), reply.GetDescriptor()->full_name()));
+  }
+  if (kind == Kind::ClientStream &&
+      (!declared->client_streaming() || declared->server_streaming())) {
+    throw std::logic_error(fmt::format(
+        "method {} is not declared client-streaming (rpc {}(stream {}) returns ({})), as a "
+        "client-stream handler needs",
+        name, methodName, declared->input_type()->name(), declared->output_type()->name()));
   }
 }
 

@@ -122,6 +122,32 @@ class Client {
                       const google::protobuf::Message& replyPrototype,
                       UniqueFunction<void(MessagePtr)> onMessage, CallOptions options = {});
 
+  // A client-streaming call: sends the messages `next()` produces, then resolves with the
+  // server's single reply, parsed as a message of `replyPrototype`'s type.
+  //   - Flow control: next() is called (on the loop) for one message at a time, and again only
+  //     once gRPC took the previous one, so at most one message waits here and a server that
+  //     reads slowly slows the producer down. Its future resolving with nullptr ends the stream.
+  //   - Errors: RpcError with the server's code and message; the server may answer before the
+  //     stream ended (a handler that rejects, or replies, early), and next() is not called after.
+  //     RESOURCE_EXHAUSTED for a message over ClientOptions::maxMessageBytes (or the server's
+  //     limit). next()'s own error when it rejects or throws: the call is cancelled.
+  //   - Deadline: CallOptions::timeout is the whole upload's, from the call to the reply; 0 is
+  //     ClientOptions::defaultTimeout, as for call(), to keep a deadline on every call. That is
+  //     short for a large upload: set it from the size (e.g. 500 MiB at 20 MiB/s needs 25 s).
+  //   - Not retried: a stream cannot be replayed. Cancelling the future cancels the call and the
+  //     future next() returned, if pending; it rejects with Cancelled.
+  Future<MessagePtr> upload(std::string_view peer, std::string_view method,
+                            const google::protobuf::Message& replyPrototype,
+                            UniqueFunction<Future<MessagePtr>()> next, CallOptions options = {});
+
+  template <typename Resp>
+  Future<std::shared_ptr<const Resp>> upload(std::string_view peer, std::string_view method,
+                                             UniqueFunction<Future<MessagePtr>()> next,
+                                             CallOptions options = {}) {
+    return upload(peer, method, Resp::default_instance(), std::move(next), std::move(options))
+        .then([](MessagePtr reply) { return std::static_pointer_cast<const Resp>(reply); });
+  }
+
   // Starts health checks of `peer` (idempotent); changes go to the health callback. Throws
   // std::invalid_argument for a malformed address.
   void monitor(std::string_view peer);

@@ -25,6 +25,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -73,17 +74,51 @@ class ServerStream {
 };
 using ServerStreamPtr = std::shared_ptr<ServerStream>;
 
+// The server side of a client-streaming call: the handler pulls the client's messages one at a
+// time. The node asks gRPC for a message only when the handler asks for it (read()), so a slow
+// handler holds the client back (HTTP/2 flow control) instead of making the node buffer.
+// Thread: loop thread. Ownership: shared with the call; it outlives it, reads then reject.
+class ClientStream {
+ public:
+  virtual ~ClientStream() = default;
+  // The client's next message, of the method's request type; nullptr once the client half-closed
+  // (the end of the stream, then on every later read). Rejects with RpcError CANCELLED when the
+  // client cancelled or went away (its deadline passed, the server stops) or the call has ended,
+  // INVALID_ARGUMENT when the message does not parse; both for every later read too. Throws
+  // std::logic_error while an earlier read's future is pending: one read at a time.
+  [[nodiscard]] virtual Future<MessagePtr> read() = 0;
+
+  // read(), as the request type the method was registered with (Req of addClientStream); costs
+  // one continuation. Throws std::logic_error (in the future) when Req is another type.
+  template <typename Req>
+  [[nodiscard]] Future<std::shared_ptr<const Req>> readAs() {
+    return this->read().then([](MessagePtr message) {
+      auto typed = std::dynamic_pointer_cast<const Req>(message);
+      if (message != nullptr && typed == nullptr) {
+        throw std::logic_error("ClientStream::readAs(): the stream carries " +
+                               message->GetTypeName() + ", not " +
+                               Req::default_instance().GetTypeName());
+      }
+      return typed;
+    });
+  }
+};
+using ClientStreamPtr = std::shared_ptr<ClientStream>;
+
 class Services {
  public:
   using UnaryHandler = UniqueFunction<Future<MessagePtr>(const CallContext&, const Message&)>;
   using StreamHandler =
       UniqueFunction<Future<void>(const CallContext&, const Message&, const ServerStreamPtr&)>;
+  using ClientStreamHandler =
+      UniqueFunction<Future<MessagePtr>(const CallContext&, const ClientStreamPtr&)>;
 
   struct Method {
     std::string name;        // "/package.Service/Method"
     const Message* request;  // Default instance of the request type.
-    UnaryHandler unary;      // Exactly one of unary and stream is set.
+    UnaryHandler unary;      // Exactly one of unary, stream and clientStream is set.
     StreamHandler stream;
+    ClientStreamHandler clientStream;
   };
 
   class Registration {
@@ -124,7 +159,7 @@ class Services {
                        [](std::shared_ptr<const Resp> r) { return MessagePtr(std::move(r)); });
                  }
                },
-               nullptr});
+               nullptr, nullptr});
   }
 
   // `handler(const CallContext&, const Req&, const ServerStreamPtr&)` returns Future<void>;
@@ -136,7 +171,29 @@ class Services {
                       [h = std::move(handler)](const CallContext& call, const Message& request,
                                                const ServerStreamPtr& stream) mutable {
                         return h(call, static_cast<const Req&>(request), stream);
-                      }});
+                      },
+                      nullptr});
+  }
+
+  // `handler(const CallContext&, const ClientStreamPtr&)` reads the client's messages (each a Req)
+  // and returns Future<std::shared_ptr<const Resp>> (or Future<MessagePtr> holding a Resp): the
+  // single reply, or its error. The call ends when the future settles, read to the end or not
+  // (what the client sends after is discarded); a client that cancels cancels the future. When
+  // the method is declared in a linked .proto, it must be declared client-streaming.
+  template <typename Req, typename Resp, typename F>
+  [[nodiscard]] Registration addClientStream(std::string name, F handler) {
+    checkDeclared(name, Req::default_instance(), Resp::default_instance(), Kind::ClientStream);
+    return add(Method{
+        std::move(name), &Req::default_instance(), nullptr, nullptr,
+        [h = std::move(handler)](const CallContext& call, const ClientStreamPtr& stream) mutable {
+          auto reply = h(call, stream);
+          if constexpr (std::is_same_v<decltype(reply), Future<MessagePtr>>) {
+            return reply;
+          } else {
+            return reply.then(
+                [](std::shared_ptr<const Resp> r) { return MessagePtr(std::move(r)); });
+          }
+        }});
   }
 
   [[nodiscard]] Registration add(Method method);
@@ -145,9 +202,15 @@ class Services {
   [[nodiscard]] std::vector<std::string> names() const;
 
  private:
+  // Which add*() registers: only client streams are checked against the declared streaming kind
+  // (unary and server-streaming registrations predate the check).
+  enum class Kind { Other, ClientStream };
+
   // Throws std::logic_error when `name` is declared in the generated descriptor pool with other
-  // types, or is not of the form "/package.Service/Method".
-  static void checkDeclared(std::string_view name, const Message& request, const Message& reply);
+  // types (or, for Kind::ClientStream, not as client-streaming only), or is not of the form
+  // "/package.Service/Method".
+  static void checkDeclared(std::string_view name, const Message& request, const Message& reply,
+                            Kind kind = Kind::Other);
 
   std::unordered_map<std::string, std::unique_ptr<Method>> methods_;
 };
