@@ -34,6 +34,20 @@ std::vector<CommandSet>& commandSets() {
   return sets;
 }
 
+std::vector<SharedVerb>& sharedVerbs() {
+  static std::vector<SharedVerb> verbs;
+  return verbs;
+}
+
+const SharedVerb* claimOf(std::string_view verb, const std::string& argument) {
+  for (const auto& shared : sharedVerbs()) {
+    if (shared.verb == verb && shared.claims(argument)) {
+      return &shared;
+    }
+  }
+  return nullptr;
+}
+
 int Ctl::runStream(snow::Future<void>& done, const char* what) {
   bool interrupted = false;
   snow::SignalEventPtr onInt = loop_->listenForSignal(SIGINT, [&] {

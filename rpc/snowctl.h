@@ -181,6 +181,18 @@ struct Command {
 using CommandSet = void (*)(CLI::App& app, std::vector<Command>& commands);
 std::vector<CommandSet>& commandSets();
 
+// A verb that two modules' commands share (`logs`, `stop`: a spawner's service or a container
+// job). The module that declares the verb asks claimOf() first; another module whose `claims`
+// recognises the argument (a job id) answers instead. Added from a CommandSet, before parsing.
+struct SharedVerb {
+  std::string verb;
+  std::function<bool(const std::string& argument)> claims;
+  std::function<int(Ctl& ctl, const std::string& argument, bool follow)> run;
+};
+std::vector<SharedVerb>& sharedVerbs();
+// The other module's handler of `verb` for `argument`, or nullptr.
+const SharedVerb* claimOf(std::string_view verb, const std::string& argument);
+
 struct CommandSetRegistrar {
   explicit CommandSetRegistrar(CommandSet set) { commandSets().push_back(set); }
 };

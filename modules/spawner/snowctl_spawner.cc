@@ -114,6 +114,11 @@ int ps(Ctl& ctl) {
 }
 
 int byName(Ctl& ctl, std::string_view verb, const char* what, bool waits) {
+  if (verb == "Stop") {
+    if (const SharedVerb* other = claimOf("stop", options().name)) {
+      return other->run(ctl, options().name, false);  // A container job, not a service.
+    }
+  }
   sp::ServiceRequest request;
   request.set_name(options().name);
   return printStatus(ctl, ctl.call<sp::ServiceRequest, sp::ServiceStatus>(
@@ -122,6 +127,9 @@ int byName(Ctl& ctl, std::string_view verb, const char* what, bool waits) {
 }
 
 int logs(Ctl& ctl) {
+  if (const SharedVerb* other = claimOf("logs", options().name)) {
+    return other->run(ctl, options().name, options().follow);  // A container job's output.
+  }
   sp::LogsRequest request;
   request.set_name(options().name);
   request.set_lines(options().lines);
@@ -191,19 +199,21 @@ void addCommands(CLI::App& app, std::vector<Command>& commands) {
   SpawnerOptions& o = options();
   auto named = [&](const char* verb, const char* help) {
     CLI::App* sub = app.add_subcommand(verb, help);
+    // `stop` and `logs` also take a container job id (snowctl.h, SharedVerb).
     sub->add_option("name", o.name, "the service")->required();
     return sub;
   };
   commands.push_back({app.add_subcommand("ps", "the spawner's services and their state"), ps});
   commands.push_back({named("start", "start a stopped service"),
                       [](Ctl& ctl) { return byName(ctl, "Start", "cannot start", false); }});
-  commands.push_back({named("stop", "stop a service (its stop signal, then SIGKILL)"),
+  commands.push_back({named("stop", "stop a service (its stop signal, then SIGKILL), or a job"),
                       [](Ctl& ctl) { return byName(ctl, "Stop", "cannot stop", true); }});
   commands.push_back({named("restart", "stop a service, then start it"),
                       [](Ctl& ctl) { return byName(ctl, "Restart", "cannot restart", true); }});
   commands.push_back({named("remove", "stop and forget a submitted service"),
                       [](Ctl& ctl) { return byName(ctl, "Remove", "cannot remove", true); }});
-  CLI::App* logsCommand = named("logs", "a service's last output lines, and new ones with -f");
+  CLI::App* logsCommand =
+      named("logs", "a service's last output lines, or a job's output; new ones with -f");
   logsCommand->add_option("-n,--lines", o.lines, "how many of the last lines first")
       ->capture_default_str();
   logsCommand->add_flag("-f,--follow", o.follow, "keep printing new lines until interrupted");
