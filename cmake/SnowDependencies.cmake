@@ -7,6 +7,10 @@ find_package(PkgConfig REQUIRED)
 pkg_check_modules(LIBEVENT REQUIRED IMPORTED_TARGET libevent_core libevent_pthreads)
 # libsodium: Ed25519 node keys, X25519, BLAKE2b and ChaCha20-Poly1305 for the portal (README).
 pkg_check_modules(SODIUM REQUIRED IMPORTED_TARGET libsodium)
+# The container runner: libcurl speaks HTTP to the Docker engine over its unix socket (and its
+# multi interface runs every transfer on one thread); libarchive writes the build context's tar.
+pkg_check_modules(LIBCURL REQUIRED IMPORTED_TARGET libcurl)
+pkg_check_modules(LIBARCHIVE REQUIRED IMPORTED_TARGET libarchive)
 find_package(OpenTracing REQUIRED)
 find_package(fmt REQUIRED)
 find_package(spdlog REQUIRED)
