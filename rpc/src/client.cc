@@ -116,6 +116,7 @@ std::string_view healthName(Health health) noexcept {
 class Client::Impl {
  public:
   class Call;
+  class SingleReplyCall;
   class UnaryCall;
   class StreamCall;
   class UploadCall;
@@ -195,20 +196,53 @@ class Client::Impl::Call {
   virtual void cancelForShutdown() = 0;
 };
 
-// One logical unary call: one attempt at a time, retried as status.h allows.
-class Client::Impl::UnaryCall final : public Call {
- public:
-  UnaryCall(Impl& client, Peer& peer, std::string_view method, const grpc::ByteBuffer& request,
-            const Message& replyPrototype, CallOptions options)
+// A call whose caller waits for one reply (unary, upload): what it needs to settle that wait.
+class Client::Impl::SingleReplyCall : public Call {
+ protected:
+  SingleReplyCall(Impl& client, Peer& peer, std::string_view method, const Message& replyPrototype,
+                  CallOptions options)
       : client_(client),
         peer_(peer),
         method_(method),
-        request_(request),  // A reference-counted copy.
         replyPrototype_(replyPrototype),
         options_(std::move(options)),
-        deadline_(client.deadlineOf(options_, false)),
-        backoff_(client.options_.backoff, client.nextSeed()),
         promise_(client.loop_) {}
+
+  // Fulfils the caller's future with `buffer` parsed as the reply, or fails the call with
+  // INTERNAL when it is not one.
+  void settle(grpc::ByteBuffer& buffer) {
+    std::shared_ptr<Message> reply(replyPrototype_.New());
+    if (detail::parse(buffer, *reply)) {
+      detail::endCallSpan(span_, Code::Ok, "");
+      promise_.setValue(std::move(reply));
+    } else {
+      fail(Code::Internal, fmt::format("the reply is not a valid {}", reply->GetTypeName()));
+    }
+  }
+
+  void fail(Code code, std::string_view message) {
+    detail::endCallSpan(span_, code, message);
+    promise_.reject(RpcError(code, message, method_, peer_.address));
+  }
+
+  Impl& client_;
+  Peer& peer_;
+  std::string method_;
+  const Message& replyPrototype_;
+  CallOptions options_;
+  Promise<MessagePtr> promise_;
+  std::unique_ptr<opentracing::Span> span_;  // Null when not traced.
+};
+
+// One logical unary call: one attempt at a time, retried as status.h allows.
+class Client::Impl::UnaryCall final : public SingleReplyCall {
+ public:
+  UnaryCall(Impl& client, Peer& peer, std::string_view method, const grpc::ByteBuffer& request,
+            const Message& replyPrototype, CallOptions options)
+      : SingleReplyCall(client, peer, method, replyPrototype, std::move(options)),
+        request_(request),  // A reference-counted copy.
+        deadline_(client.deadlineOf(options_, false)),
+        backoff_(client.options_.backoff, client.nextSeed()) {}
 
   Future<MessagePtr> start() {
     Future<MessagePtr> future = promise_.future();
@@ -264,13 +298,7 @@ class Client::Impl::UnaryCall final : public Call {
       return;
     }
     if (status_.ok()) {
-      std::shared_ptr<Message> reply(replyPrototype_.New());
-      if (detail::parse(response_, *reply)) {
-        detail::endCallSpan(span_, Code::Ok, "");
-        promise_.setValue(std::move(reply));
-      } else {
-        fail(Code::Internal, fmt::format("the reply is not a valid {}", reply->GetTypeName()));
-      }
+      settle(response_);
       client_.forget(this);
       return;
     }
@@ -304,21 +332,10 @@ class Client::Impl::UnaryCall final : public Call {
     client_.forget(this);
   }
 
-  void fail(Code code, std::string_view message) {
-    detail::endCallSpan(span_, code, message);
-    promise_.reject(RpcError(code, message, method_, peer_.address));
-  }
-
-  Impl& client_;
-  Peer& peer_;
-  std::string method_;
   grpc::ByteBuffer request_;
-  const Message& replyPrototype_;
-  CallOptions options_;
   SystemTime deadline_;
   Backoff backoff_;
-  Promise<MessagePtr> promise_;
-  std::unique_ptr<opentracing::Span> span_;  // Over every attempt; null when not traced.
+
   std::unique_ptr<grpc::ClientContext> context_;
   std::unique_ptr<grpc::GenericClientAsyncResponseReader> reader_;
   grpc::ByteBuffer response_;
@@ -468,17 +485,12 @@ class Client::Impl::StreamCall final : public Call {
 // writes stop without waiting for one to fail). Whatever stops the call (the reply, the server's
 // end, an error here, the caller), Finish is asked once neither lane nor next() is busy, and its
 // status and what stopped the call decide the outcome.
-class Client::Impl::UploadCall final : public Call {
+class Client::Impl::UploadCall final : public SingleReplyCall {
  public:
   UploadCall(Impl& client, Peer& peer, std::string_view method, const Message& replyPrototype,
              UniqueFunction<Future<MessagePtr>()> next, CallOptions options)
-      : client_(client),
-        peer_(peer),
-        method_(method),
-        replyPrototype_(replyPrototype),
-        next_(std::move(next)),
-        options_(std::move(options)),
-        promise_(client.loop_) {}
+      : SingleReplyCall(client, peer, method, replyPrototype, std::move(options)),
+        next_(std::move(next)) {}
 
   Future<MessagePtr> start() {
     Future<MessagePtr> future = promise_.future();
@@ -495,9 +507,7 @@ class Client::Impl::UploadCall final : public Call {
   void cancelForShutdown() override {
     stop();
     if (!promise_.isSettled()) {
-      detail::endCallSpan(span_, Code::Cancelled, "the RPC client was shut down");
-      promise_.reject(
-          RpcError(Code::Cancelled, "the RPC client was shut down", method_, peer_.address));
+      fail(Code::Cancelled, "the RPC client was shut down");
     }
   }
 
@@ -654,30 +664,13 @@ class Client::Impl::UploadCall final : public Call {
     } else if (!gotReply_) {
       fail(Code::Internal, "the server ended the upload with OK but sent no reply");
     } else {
-      std::shared_ptr<Message> reply(replyPrototype_.New());
-      if (detail::parse(reply_, *reply)) {
-        detail::endCallSpan(span_, Code::Ok, "");
-        promise_.setValue(std::move(reply));
-      } else {
-        fail(Code::Internal, fmt::format("the reply is not a valid {}", reply->GetTypeName()));
-      }
+      settle(reply_);
     }
     client_.forget(this);
   }
 
-  void fail(Code code, std::string_view message) {
-    detail::endCallSpan(span_, code, message);
-    promise_.reject(RpcError(code, message, method_, peer_.address));
-  }
-
-  Impl& client_;
-  Peer& peer_;
-  std::string method_;
-  const Message& replyPrototype_;
   UniqueFunction<Future<MessagePtr>()> next_;
-  CallOptions options_;
-  Promise<MessagePtr> promise_;
-  std::unique_ptr<opentracing::Span> span_;  // Null when not traced.
+
   grpc::ClientContext context_;
   std::unique_ptr<grpc::GenericClientAsyncReaderWriter> stream_;
   grpc::ByteBuffer buffer_;  // The message being written.

@@ -133,6 +133,17 @@ class ClientStreamTest : public RpcFixture {
         }));
   }
 
+  // Serves kUpload with the held handler and starts an upload from `source`. The handler has the
+  // call on return, unless it did not get it within the deadline (held_.stream is null then).
+  Future<Reply> uploadToHeld(Source& source) {
+    addHeld();
+    startServer("rpc.sock");
+    auto reply = upload(source);
+    EXPECT_TRUE(awaitCondition(*loop_, [&] { return held_.stream != nullptr; }))
+        << "the handler never got the call";
+    return reply;
+  }
+
   Future<Reply> upload(Source& source, rpc::CallOptions options = {}) {
     return client().upload<pb::PingReply>(unixPeer("rpc.sock"), kUpload, source.next(*loop_),
                                           std::move(options));
@@ -185,11 +196,9 @@ TEST_F(ClientStreamTest, AnEmptyStreamGetsTheReply) {
 }
 
 TEST_F(ClientStreamTest, TheEndOfTheStreamIsReadAgainOnEveryLaterRead) {
-  addHeld();
-  startServer("rpc.sock");
   Source source{.count = 1};
-  auto reply = upload(source);
-  ASSERT_TRUE(awaitCondition(*loop_, [&] { return held_.stream != nullptr; }));
+  auto reply = uploadToHeld(source);
+  ASSERT_NE(held_.stream, nullptr);
   EXPECT_NE(readOne(), nullptr);
   EXPECT_EQ(readOne(), nullptr);
   EXPECT_EQ(readOne(), nullptr);
@@ -200,11 +209,9 @@ TEST_F(ClientStreamTest, TheEndOfTheStreamIsReadAgainOnEveryLaterRead) {
 }
 
 TEST_F(ClientStreamTest, ASecondReadWhileOneIsPendingIsALogicError) {
-  addHeld();
-  startServer("rpc.sock");
   Source source{.count = 1, .hold = true};
-  auto reply = upload(source);
-  ASSERT_TRUE(awaitCondition(*loop_, [&] { return held_.stream != nullptr; }));
+  auto reply = uploadToHeld(source);
+  ASSERT_NE(held_.stream, nullptr);
   EXPECT_NE(readOne(), nullptr);
   auto pending = held_.stream->read();  // The client holds its second message back.
   EXPECT_FALSE(loop_->runUntil([&] { return pending.isReady(); }, 50ms));
@@ -216,11 +223,9 @@ TEST_F(ClientStreamTest, ASecondReadWhileOneIsPendingIsALogicError) {
 }
 
 TEST_F(ClientStreamTest, AMessageForACancelledReadGoesToTheNextRead) {
-  addHeld();
-  startServer("rpc.sock");
   Source source{.count = 1, .hold = true};
-  auto reply = upload(source);
-  ASSERT_TRUE(awaitCondition(*loop_, [&] { return held_.stream != nullptr; }));
+  auto reply = uploadToHeld(source);
+  ASSERT_NE(held_.stream, nullptr);
   EXPECT_NE(readOne(), nullptr);
   auto abandoned = held_.stream->read();
   ASSERT_TRUE(awaitCondition(*loop_, [&] { return source.held.has_value(); }));
@@ -330,12 +335,9 @@ TEST_F(ClientStreamTest, AChunkThatDoesNotParseIsInvalidArgument) {
 }
 
 TEST_F(ClientStreamTest, ANextThatRejectsCancelsTheCallWithItsError) {
-  addHeld();
-  startServer("rpc.sock");
   Source source{.count = 1, .hold = true};
-  auto reply = upload(source);
-  // The server has the call (a cancellation sent sooner could beat the call there).
-  ASSERT_TRUE(awaitCondition(*loop_, [&] { return held_.stream != nullptr; }));
+  auto reply = uploadToHeld(source);
+  ASSERT_NE(held_.stream, nullptr);
   EXPECT_NE(readOne(), nullptr);
   ASSERT_TRUE(awaitCondition(*loop_, [&] { return source.held.has_value(); }));
   source.held->reject(std::runtime_error("the build context vanished"));
@@ -393,11 +395,9 @@ TEST_F(ClientStreamTest, ASlowReaderHoldsTheClientBack) {
   // handler. Left alone, the client would have been asked for hundreds within the wait below.
   constexpr size_t kChunk = 1 << 20;
   constexpr int kAhead = 12;  // Chunks next() may run ahead of the handler's reads.
-  addHeld();
-  startServer("rpc.sock");
   Source source{.count = -1, .size = kChunk};
-  auto reply = upload(source);
-  ASSERT_TRUE(awaitCondition(*loop_, [&] { return held_.stream != nullptr; }));
+  auto reply = uploadToHeld(source);
+  ASSERT_NE(held_.stream, nullptr);
   EXPECT_FALSE(loop_->runUntil([&] { return source.asked > kAhead; }, 300ms))
       << "asked for " << source.asked << " chunks while the handler read none";
   for (int read = 1; read <= 20; ++read) {
@@ -419,11 +419,9 @@ TEST_F(ClientStreamTest, ASlowReaderHoldsTheClientBack) {
 // ---- Cancellation, deadlines, shutdown ----------------------------------------------------------
 
 TEST_F(ClientStreamTest, CancellingTheUploadRejectsTheServersPendingReadAndCancelsTheHandler) {
-  addHeld();
-  startServer("rpc.sock");
   Source source{.count = 3, .hold = true};
-  auto reply = upload(source);
-  ASSERT_TRUE(awaitCondition(*loop_, [&] { return held_.stream != nullptr; }));
+  auto reply = uploadToHeld(source);
+  ASSERT_NE(held_.stream, nullptr);
   for (int i = 0; i < 3; ++i) {
     ASSERT_NE(readOne(), nullptr);
   }
@@ -463,15 +461,12 @@ TEST_F(ClientStreamTest, AnUploadPastItsDeadlineIsDeadlineExceeded) {
 }
 
 TEST_F(ClientStreamTest, DestroyingTheClientRejectsTheUploadWithCancelled) {
-  addHeld();
-  startServer("rpc.sock");
   Source source{.count = 1, .hold = true};
-  auto reply = upload(source);
   // Both sides must be in the call: a client destroyed before the server has started the handler
   // cancels a call the handler never sees, and there is nothing of the server's to check.
-  ASSERT_TRUE(awaitCondition(*loop_, [&] {
-    return source.held.has_value() && held_.stream != nullptr;
-  }));
+  auto reply = uploadToHeld(source);
+  ASSERT_NE(held_.stream, nullptr);
+  ASSERT_TRUE(awaitCondition(*loop_, [&] { return source.held.has_value(); }));
   client_.reset();
   ASSERT_TRUE(await(*loop_, reply));
   EXPECT_EQ(codeOf(reply), rpc::Code::Cancelled) << errorOf(reply);
@@ -481,11 +476,9 @@ TEST_F(ClientStreamTest, DestroyingTheClientRejectsTheUploadWithCancelled) {
 }
 
 TEST_F(ClientStreamTest, DestroyingTheServerRejectsAPendingRead) {
-  addHeld();
-  startServer("rpc.sock");
   Source source{.count = 1, .hold = true};
-  auto reply = upload(source);
-  ASSERT_TRUE(awaitCondition(*loop_, [&] { return held_.stream != nullptr; }));
+  auto reply = uploadToHeld(source);
+  ASSERT_NE(held_.stream, nullptr);
   ASSERT_NE(readOne(), nullptr);
   auto pending = held_.stream->read();
   servers_.clear();
