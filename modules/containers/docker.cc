@@ -123,9 +123,17 @@ class Call {
   Call(const Call&) = delete;
   Call& operator=(const Call&) = delete;
 
-  // Body bytes of an answer with `status`, in order. Streaming calls hand on what a successful
-  // answer carries; every call keeps an error answer, for the DockerError it makes.
-  virtual void data(long /*status*/, std::string_view bytes) { body.append(bytes); }
+  // Body bytes of an answer with `status`, in order. Every call keeps an error answer whole, for
+  // the DockerError it makes; a successful one goes to consume().
+  void data(long status, std::string_view bytes) {
+    if (status >= 400) {
+      body.append(bytes);
+    } else {
+      consume(bytes);
+    }
+  }
+  // Bytes of a successful answer: kept for complete(), unless the call streams them on.
+  virtual void consume(std::string_view bytes) { body.append(bytes); }
   // A complete answer with a status below 400: settle the future with its value, or throw what
   // it should reject with.
   virtual void complete(long status) = 0;
@@ -198,13 +206,7 @@ class BuildCall final : public PromisedCall<std::string> {
   BuildCall(Dispatcher& loop, BuildOutput output)
       : PromisedCall<std::string>(loop), output_(std::move(output)) {}
 
-  void data(long status, std::string_view bytes) override {
-    if (status >= 400) {
-      body.append(bytes);
-    } else {
-      stream_.feed(bytes, sink_);
-    }
-  }
+  void consume(std::string_view bytes) override { stream_.feed(bytes, sink_); }
 
   void complete(long status) override {
     stream_.finish(sink_);
@@ -240,13 +242,7 @@ class LogsCall final : public PromisedCall<void> {
   LogsCall(Dispatcher& loop, LogOutput output)
       : PromisedCall<void>(loop), output_(std::move(output)) {}
 
-  void data(long status, std::string_view bytes) override {
-    if (status >= 400) {
-      body.append(bytes);
-    } else {
-      demuxer_.feed(bytes, sink_);
-    }
-  }
+  void consume(std::string_view bytes) override { demuxer_.feed(bytes, sink_); }
 
   void complete(long status) override {
     if (!demuxer_.atBoundary()) {

@@ -11,13 +11,10 @@
 #include <fmt/format.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
-#include "snow/posix/active.h"
-
 #include "daemon/daemon_process.h"
-#include "dockerd.h"
+#include "runner_test.h"
 #include "support/await.h"
 #include "support/files.h"
 
@@ -28,7 +25,6 @@ using namespace std::chrono_literals;
 using ::snow::testing::awaitPolled;
 using ::snow::testing::DaemonProcess;
 using ::snow::testing::runProgram;
-using ::snow::testing::TempDir;
 using ::snow::testing::writeFile;
 using ::testing::HasSubstr;
 
@@ -40,19 +36,15 @@ struct Node {
   std::unique_ptr<DaemonProcess> process;
 };
 
-class ContainersClusterTest : public DockerdTest {
+class ContainersClusterTest : public RunnerTest {
  protected:
-  ContainersClusterTest() : os_(posix::makeDefaultPosix()), injected_(*os_) {}
+  ContainersClusterTest() : RunnerTest("snow-containers-cluster") {}
 
   void TearDown() override {
     for (auto& node : nodes_) {
       node.process.reset();
     }
-    auto [code, out] = docker({"ps", "-aq", "--filter", "label=snow.job"});
-    std::istringstream lines(out);
-    for (std::string id; std::getline(lines, id);) {
-      (void)docker({"rm", "-f", id});
-    }
+    RunnerTest::TearDown();
   }
 
   // Node `index`, with `containers` extra lines (indented by 4) under modules.containers.
@@ -95,11 +87,6 @@ class ContainersClusterTest : public DockerdTest {
     return runProgram(*loop_, SNOWCTL, args);
   }
 
-  std::pair<int, std::string> docker(std::vector<std::string> args) {
-    args.insert(args.begin(), {"-H", "unix://" + dockerd().socketPath()});
-    return runProgram(*loop_, "/usr/bin/docker", args);
-  }
-
   // Waits until node `via` sees `workers` live members advertising the container capability.
   void awaitWorkers(size_t via, int workers) {
     std::string json;
@@ -138,14 +125,6 @@ class ContainersClusterTest : public DockerdTest {
     return m.empty() ? "" : m[1].str();
   }
 
-  std::string context(const std::string& name, const std::vector<std::string>& cmd,
-                      const std::string& extra = "") {
-    std::string path = dir_.file(name);
-    EXPECT_EQ(::mkdir(path.c_str(), 0755), 0);
-    writeBusyboxContext(path, cmd, extra);
-    return path;
-  }
-
   size_t indexOf(const std::string& id) const {
     for (size_t i = 0; i < nodes_.size(); ++i) {
       if (nodes_[i].id == id) {
@@ -155,10 +134,6 @@ class ContainersClusterTest : public DockerdTest {
     return nodes_.size();
   }
 
-  posix::PosixPtr os_;
-  posix::ScopedInjector injected_;
-  DispatcherPtr loop_ = makeDispatcher("test");
-  TempDir dir_{"snow-containers-cluster"};
   std::vector<Node> nodes_;
 };
 

@@ -13,11 +13,10 @@
 #include <unistd.h>
 
 #include "snow/containers/v1/containers.pb.h"
-#include "snow/posix/active.h"
 #include "snow/rpc/client.h"
 
 #include "daemon/daemon_process.h"
-#include "dockerd.h"
+#include "runner_test.h"
 #include "support/await.h"
 #include "support/files.h"
 
@@ -28,7 +27,6 @@ using namespace std::chrono_literals;
 using ::snow::testing::awaitPolled;
 using ::snow::testing::DaemonProcess;
 using ::snow::testing::runProgram;
-using ::snow::testing::TempDir;
 using ::snow::testing::writeFile;
 using ::testing::HasSubstr;
 
@@ -40,16 +38,9 @@ struct JobRow {
   int exitCode = 0;
 };
 
-class ContainersDaemonTest : public DockerdTest {
+class ContainersDaemonTest : public RunnerTest {
  protected:
-  ContainersDaemonTest() : os_(posix::makeDefaultPosix()), injected_(*os_) {}
-
-  void TearDown() override {
-    // Every container a test made goes, whatever the test did.
-    for (const auto& id : dockerIds()) {
-      (void)docker({"rm", "-f", id});
-    }
-  }
+  ContainersDaemonTest() : RunnerTest("snow-containers-daemon") {}
 
   std::string config(const std::string& extra = "", const std::string& socket = "") {
     std::string path = dir_.file("snow.yaml");
@@ -81,25 +72,6 @@ class ContainersDaemonTest : public DockerdTest {
     return runProgram(*loop_, SNOWCTL, args);
   }
 
-  std::pair<int, std::string> docker(std::vector<std::string> args) {
-    args.insert(args.begin(), {"-H", "unix://" + dockerd().socketPath()});
-    return runProgram(*loop_, "/usr/bin/docker", args);
-  }
-
-  // The ids of the containers the runner made on the suite's engine.
-  std::set<std::string> dockerIds(const std::string& label = "snow.job") {
-    auto [code, out] = docker({"ps", "-aq", "--no-trunc", "--filter", "label=" + label});
-    EXPECT_EQ(code, 0) << out;
-    std::set<std::string> ids;
-    std::istringstream lines(out);
-    for (std::string line; std::getline(lines, line);) {
-      if (!line.empty()) {
-        ids.insert(line);
-      }
-    }
-    return ids;
-  }
-
   // `snowctl --json containers`, by job id.
   std::map<std::string, JobRow> jobs() {
     auto [code, json] = snowctl({"--json", "containers"});
@@ -129,19 +101,6 @@ class ContainersDaemonTest : public DockerdTest {
     return row;
   }
 
-  // A context directory whose container runs `cmd`.
-  std::string context(const std::string& name, const std::vector<std::string>& cmd,
-                      const std::string& extra = "") {
-    std::string path = dir_.file(name);
-    EXPECT_EQ(::mkdir(path.c_str(), 0755), 0);
-    writeBusyboxContext(path, cmd, extra);
-    return path;
-  }
-
-  posix::PosixPtr os_;
-  posix::ScopedInjector injected_;
-  DispatcherPtr loop_ = makeDispatcher("test");
-  TempDir dir_{"snow-containers-daemon"};
   std::string nodeId_;
 };
 

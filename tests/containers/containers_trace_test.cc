@@ -7,12 +7,9 @@
 #include <fmt/format.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <sys/stat.h>
-
-#include "snow/posix/active.h"
 
 #include "daemon/daemon_process.h"
-#include "dockerd.h"
+#include "runner_test.h"
 #include "support/await.h"
 #include "support/files.h"
 #include "tracing/otlp_receiver.h"
@@ -24,13 +21,12 @@ using ::snow::testing::DaemonProcess;
 using ::snow::testing::OtlpReceiver;
 using ::snow::testing::ReceivedSpan;
 using ::snow::testing::runProgram;
-using ::snow::testing::TempDir;
 using ::snow::testing::writeFile;
 using ::testing::HasSubstr;
 
-class ContainersTraceTest : public DockerdTest {
+class ContainersTraceTest : public RunnerTest {
  protected:
-  ContainersTraceTest() : os_(posix::makeDefaultPosix()), injected_(*os_) {}
+  ContainersTraceTest() : RunnerTest("snow-containers-trace") {}
 
   std::unique_ptr<DaemonProcess> start(const std::string& name, const std::string& seed,
                                        const std::string& containers) {
@@ -53,10 +49,6 @@ class ContainersTraceTest : public DockerdTest {
     return daemon;
   }
 
-  posix::PosixPtr os_;
-  posix::ScopedInjector injected_;
-  DispatcherPtr loop_ = makeDispatcher("test");
-  TempDir dir_{"snow-containers-trace"};
   OtlpReceiver receiver_{*loop_};
 };
 
@@ -66,9 +58,7 @@ TEST_F(ContainersTraceTest, OneRunIsOneTraceAcrossTheReceivingNodeTheWorkerAndDo
   const std::string log = a->log();
   ASSERT_TRUE(std::regex_search(log, m, std::regex(R"(gossip: node [0-9a-f]{32} at (\S+) )")));
   auto b = start("b", "\"" + m[1].str() + "\"", "");
-  const std::string ctx = dir_.file("ctx");
-  ASSERT_EQ(::mkdir(ctx.c_str(), 0755), 0);
-  writeBusyboxContext(ctx, {"/bin/busybox", "echo", "traced"});
+  const std::string ctx = context("ctx", {"/bin/busybox", "echo", "traced"});
 
   // Until b advertises itself to a, a has no worker to place on.
   std::pair<int, std::string> run;

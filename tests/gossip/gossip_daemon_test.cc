@@ -21,6 +21,7 @@
 #include "netns_lab.h"
 #include "support/await.h"
 #include "support/files.h"
+#include "support/lines.h"
 
 namespace snow::testing {
 namespace {
@@ -172,13 +173,8 @@ class GossipDaemonTest : public ::testing::Test {
     auto [code, out] = snowctl(node, {"gossip", "publish", topic, "payload", "--size", "1024",
                                       "--count", std::to_string(count), "--rate", "200"});
     EXPECT_EQ(code, 0) << out;
-    std::set<std::string> ids;
-    std::istringstream lines(out);
-    for (std::string line; std::getline(lines, line);) {
-      if (!line.empty()) {
-        ids.insert(line);
-      }
-    }
+    const auto lines = nonEmptyLines(out);
+    const std::set<std::string> ids(lines.begin(), lines.end());
     EXPECT_EQ(ids.size(), static_cast<size_t>(count)) << out;
     return ids;
   }
