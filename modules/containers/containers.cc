@@ -176,7 +176,14 @@ class Containers final : public ConfiguredModule<pb::ContainersConfig> {
     if (settings_.worker) {
       worker_ = std::make_unique<Worker>(
           context.loop(), *engine_, context.tracer(),
-          WorkerSettings{context.nodeId(), settings_.maxJobs, settings_.buildLogLines});
+          WorkerSettings{context.nodeId(), settings_.maxJobs, settings_.buildLogLines,
+                         // On the next loop turn, once for several jobs ending together; not
+                         // once the module stops (the timer is gone then).
+                         [this] {
+                           if (advertiser_) {
+                             advertiser_->enable(Duration(0));
+                           }
+                         }});
     }
     if (context.hasNode()) {
       serve(context.node().services());

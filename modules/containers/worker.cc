@@ -393,6 +393,9 @@ class Worker::Impl {
       job.span->Finish();
       job.span.reset();
     }
+    if (terminal && settings_.onJobEnded) {
+      settings_.onJobEnded();
+    }
     // Copied: finish() takes watchers out of the list.
     const auto watchers = job.watchers;
     for (const auto& watcher : watchers) {

@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -45,6 +46,9 @@ struct WorkerSettings {
   std::string nodeId;
   uint32_t maxJobs = 64;
   uint32_t buildLogLines = 200;
+  // Called on the loop when a job ended (active() fell), so that the node can advertise its new
+  // load at once rather than at its next periodic look. Must not destroy the Worker.
+  std::function<void()> onJobEnded;
 };
 
 // Labels every container of a job carries.

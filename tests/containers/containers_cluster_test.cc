@@ -13,6 +13,8 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <nlohmann/json.hpp>
+
 #include "daemon/daemon_process.h"
 #include "runner_test.h"
 #include "support/await.h"
@@ -103,6 +105,22 @@ class ContainersClusterTest : public RunnerTest {
         },
         20s, 100ms))
         << json;
+  }
+
+  // What node `via` knows of `id`'s advertised load ("containers.jobs"), "" when nothing.
+  std::string advertisedJobs(size_t via, const std::string& id) {
+    auto [code, out] = snowctl(via, {"--json", "gossip", "members"});
+    if (code != 0) {
+      ADD_FAILURE() << out;
+      return "";
+    }
+    for (const auto& member :
+         nlohmann::json::parse(out).value("members", nlohmann::json::array())) {
+      if (member.value("node_id", "") == id) {
+        return member.value("metadata", nlohmann::json::object()).value("containers.jobs", "");
+      }
+    }
+    return "";
   }
 
   // The snow.node labels of the job's containers on the shared engine.
@@ -204,6 +222,27 @@ TEST_F(ContainersClusterTest, NodePinningAndLabelsChooseTheWorker) {
   auto [unknown, whom] = snowctl(0, {"run", "--node", std::string(32, 'e'), ctx});
   EXPECT_EQ(unknown, 125);
   EXPECT_THAT(whom, HasSubstr("no node " + std::string(32, 'e') + " in the cluster"));
+}
+
+TEST_F(ContainersClusterTest, AWorkerAdvertisesItsLoadAgainAsSoonAsAJobEnds) {
+  start(0, "    worker: false\n");
+  start(1);
+  awaitWorkers(0, 1);
+  const std::string ctx = context("ctx", {"/bin/busybox", "sleep", "1"});
+  auto [code, out] = snowctl(0, {"run", ctx});
+  ASSERT_EQ(code, 0) << out;
+  // A job's end changes what placement must know of its worker: the worker advertises it at
+  // once, not at its periodic look (every 5 s while nothing changes), which would leave the
+  // cluster placing on stale loads after a burst of short jobs.
+  std::string jobs;
+  EXPECT_TRUE(awaitPolled(
+      *loop_,
+      [&] {
+        jobs = advertisedJobs(0, nodes_[1].id);
+        return jobs == "0";
+      },
+      3s, 50ms))
+      << "node 1 still advertises " << jobs << " jobs";
 }
 
 TEST_F(ContainersClusterTest, AWorkerKilledMidBuildTheJobFinishesOnAnotherWithOneContainer) {
