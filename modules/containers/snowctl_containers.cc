@@ -1,7 +1,7 @@
 // snowctl's container commands (docs/containers.md):
 //
 //   snowctl run [-f DOCKERFILE] [--name N] [--env K=V]... [--label K=V]... [--node ID]
-//                   [--detach] DIR [COMMAND ARGS...]
+//                   [--detach] DIR [--] [COMMAND ARGS...]
 //   snowctl containers
 //   snowctl logs JOB [-f]     (the spawner's verbs: a job id makes them ours, snowctl.h SharedVerb)
 //   snowctl stop JOB
@@ -50,6 +50,7 @@ struct RunOptions {
   std::string node;
   bool detach = false;
   std::vector<std::string> command;
+  std::vector<std::string> afterMark;  // The command when it follows a `--` (see addCommands).
   std::string job;
 };
 
@@ -325,14 +326,34 @@ void addCommands(CLI::App& app, std::vector<Command>& commands) {
   runCommand->add_option("--node", o.node, "run on this node (its id)");
   runCommand->add_flag("-d,--detach", o.detach, "print the job id and return");
   // Everything after DIR is the container's command, options and `--` included, as `docker run
-  // IMAGE COMMAND...` takes it.
+  // IMAGE COMMAND...` takes it: the first word after DIR makes CLI11 put it and all that follows
+  // into remaining() (prefix command), so a `-d` in the command is not --detach.
   runCommand->prefix_command();
-  runCommand->footer("After DIR: the container's command and its arguments (overrides CMD).");
+  // A `--` before the command (`run DIR -- CMD`, `run -- DIR CMD`): CLI11 keeps the `--` in
+  // remaining() and reads what follows as positionals; this one takes them, in order, but only
+  // after that mark (a positional that fails validation falls through to remaining()).
+  runCommand->validate_positionals();
+  runCommand->add_option("command", o.afterMark, "the container's command and its arguments")
+      ->check(
+          [runCommand](const std::string&) -> std::string {
+            const auto before = runCommand->remaining();
+            return !before.empty() && before.front() == "--" ? "" : "not after --";
+          },
+          "")
+      ->expected(1, -1)
+      ->allow_extra_args();
+  runCommand->footer(
+      "After DIR, or after a -- (DIR -- COMMAND...): the container's command and its arguments,\n"
+      "which override the image's CMD. From the command's first word on, everything is the\n"
+      "command's: a -d there is not --detach.");
   commands.push_back({runCommand, [runCommand](Ctl& ctl) {
-                        options().command = runCommand->remaining();
-                        if (!options().command.empty() && options().command.front() == "--") {
-                          options().command.erase(options().command.begin());
+                        RunOptions& chosen = options();
+                        chosen.command = runCommand->remaining();
+                        if (!chosen.command.empty() && chosen.command.front() == "--") {
+                          chosen.command.erase(chosen.command.begin());
                         }
+                        chosen.command.insert(chosen.command.begin(), chosen.afterMark.begin(),
+                                              chosen.afterMark.end());
                         return run(ctl);
                       }});
   commands.push_back(

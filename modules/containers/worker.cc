@@ -1,5 +1,7 @@
 #include "worker.h"
 
+#include <algorithm>
+#include <array>
 #include <chrono>
 #include <utility>
 
@@ -43,6 +45,10 @@ struct Watcher {
   bool follow = true;    // Stays until the job ends (Logs without --follow: no).
   Future<void> output;   // The container's output, while it is followed.
   bool outputDone = false;
+  // Bytes of stdout and stderr written to the stream (index 1 and 2), and whether the output was
+  // followed while the container ran: then one more read once it ended (see readRest).
+  std::array<uint64_t, 3> written{};
+  bool readRestAtEnd = false;
   bool terminalSeen = false;  // The job ended; its last state waits for the output to end.
   std::unique_ptr<Promise<void>> done;
   Future<void> gone;  // The client went away.
@@ -246,7 +252,10 @@ class Worker::Impl {
         finish(*job, w);
       }
     });
-    if (logs && !job->job.container_id().empty()) {
+    // Only once the container has started: following a created container's logs ends at once,
+    // with nothing, and its output would be lost. setState(RUNNING) starts it otherwise.
+    const pb::JobState state = job->job.state();
+    if (logs && !job->job.container_id().empty() && (state == pb::RUNNING || isTerminal(state))) {
       followOutput(job, watcher);
     }
     if (isTerminal(job->job.state()) || !follow) {
@@ -409,31 +418,18 @@ class Worker::Impl {
         continue;
       }
       watcher->terminalSeen = true;
-      if (!watcher->logs || watcher->outputDone || !watcher->output.valid()) {
+      if (!watcher->logs || !watcher->output.valid()) {
         finish(job, watcher);
+      } else if (watcher->outputDone) {
+        readRest(jobs_.at(job.job.job_id()), watcher);
       }
     }
   }
 
   void followOutput(const std::shared_ptr<Job>& job, const std::shared_ptr<Watcher>& watcher) {
+    watcher->readRestAtEnd = watcher->follow && !isTerminal(job->job.state());
     std::weak_ptr<Watcher> weak = watcher;
-    watcher->output = engine_
-                          .logs(
-                              job->job.container_id(), watcher->follow,
-                              [weak](int stream, std::string_view bytes) {
-                                auto w = weak.lock();
-                                if (!w) {
-                                  return;
-                                }
-                                pb::JobEvent event;
-                                if (stream == 2) {
-                                  event.set_stderr(std::string(bytes));
-                                } else {
-                                  event.set_stdout(std::string(bytes));
-                                }
-                                w->stream->write(event);
-                              },
-                              nullptr)
+    watcher->output = readOutput(*job, watcher, watcher->follow, {})
                           .whenSettled([this, job, weak](const Future<void>& outcome) {
                             (void)outcome.hasError();
                             auto w = weak.lock();
@@ -442,9 +438,60 @@ class Worker::Impl {
                             }
                             w->outputDone = true;
                             if (w->terminalSeen) {
+                              readRest(job, w);
+                            }
+                          });
+  }
+
+  // Docker ends a followed log stream when the container stops, which can be before its log
+  // driver has written the last output (a short-lived container's, a last line without a
+  // newline): `docker logs` shows it afterwards, the follower never got it. So once the job has
+  // ended and the followed stream too, the log is read once more, whole, and what the watcher
+  // has not had yet (past the bytes of each stream it was written) goes to it; then its stream
+  // ends. By then the job's end was reported by the engine's wait, which returns only after the
+  // container's output streams were drained into the log.
+  void readRest(const std::shared_ptr<Job>& job, const std::shared_ptr<Watcher>& watcher) {
+    if (!watcher->readRestAtEnd) {
+      finish(*job, watcher);
+      return;
+    }
+    watcher->readRestAtEnd = false;
+    std::weak_ptr<Watcher> weak = watcher;
+    watcher->output = readOutput(*job, watcher, false, watcher->written)
+                          .whenSettled([this, job, weak](const Future<void>& outcome) {
+                            (void)outcome.hasError();
+                            if (auto w = weak.lock()) {
                               finish(*job, w);
                             }
                           });
+  }
+
+  // The container's output to the watcher's stream, leaving out the first skip[s] bytes of
+  // stream s (1 stdout, 2 stderr), counting what it writes in watcher->written.
+  Future<void> readOutput(const Job& job, const std::shared_ptr<Watcher>& watcher, bool follow,
+                          std::array<uint64_t, 3> skip) {
+    std::weak_ptr<Watcher> weak = watcher;
+    return engine_.logs(
+        job.job.container_id(), follow,
+        [weak, skip](int stream, std::string_view bytes) mutable {
+          auto w = weak.lock();
+          const size_t index = stream == 2 ? 2 : 1;
+          const uint64_t skipped = std::min<uint64_t>(skip[index], bytes.size());
+          skip[index] -= skipped;
+          bytes.remove_prefix(skipped);
+          if (!w || bytes.empty()) {
+            return;
+          }
+          w->written[index] += bytes.size();
+          pb::JobEvent event;
+          if (index == 2) {
+            event.set_stderr(std::string(bytes));
+          } else {
+            event.set_stdout(std::string(bytes));
+          }
+          w->stream->write(event);
+        },
+        nullptr);
   }
 
   // The watcher's stream ends: with the job's last state when it wants progress.

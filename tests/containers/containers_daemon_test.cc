@@ -136,6 +136,31 @@ TEST_F(ContainersDaemonTest, RunBuildsRunsShowsTheOutputAndExitsWithTheContainer
                                               " +exited \\(3\\) +sha256:[0-9a-f]+ .*greeting"));
 }
 
+TEST_F(ContainersDaemonTest, TheCommandAfterDirOrAfterAMarkIsTheContainersWithItsOptions) {
+  auto daemon = start(config());
+  const std::string ctx = context("ctx", {"/bin/busybox", "echo", "the image's CMD"});
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"run", ctx}, "the image's CMD\n"},
+      // -d and --name after DIR are the command's, not snowctl's.
+      {{"run", ctx, "/bin/busybox", "echo", "-n", "out:a", "-d", "--name"}, "out:a -d --name"},
+      {{"run", ctx, "--", "/bin/busybox", "echo", "-n", "out:b", "-d"}, "out:b -d"},
+      {{"run", "--", ctx, "/bin/busybox", "echo", "-n", "out:c", "-d"}, "out:c -d"},
+      {{"run", "-e", "A=1", "--", ctx, "/bin/busybox", "sh", "-c", "echo -n out:e$A"}, "out:e1"},
+      // A -- inside the command is the command's.
+      {{"run", ctx, "/bin/busybox", "echo", "-n", "out:d", "--", "-d"}, "out:d -- -d"},
+  };
+  for (const auto& [args, output] : cases) {
+    auto [code, out] = snowctl(args);
+    EXPECT_EQ(code, 0) << out;
+    // The container's output comes last, after snowctl's notices and the build's output, once.
+    // These containers live a few milliseconds and end without a newline: the last of their
+    // output reaches the log after Docker has ended a followed log stream.
+    EXPECT_EQ(out.find(output), out.size() - output.size())
+        << ::testing::PrintToString(args) << " printed\n"
+        << out;
+  }
+}
+
 TEST_F(ContainersDaemonTest, DetachPrintsTheJobIdAndRmRemovesItsContainer) {
   auto daemon = start(config());
   const std::string ctx =
