@@ -277,6 +277,14 @@ void Node::Impl::start() {
   server_ = std::make_unique<Server>(context_.loop(), services_, context_.posix(), options);
   server_->start();
   spdlog::info("serving RPC on {}", fmt::join(server_->endpoints(), ", "));
+  if (!config_.listen().empty() && !(config_.has_tls() && config_.tls().require_client_cert())) {
+    // Said at every start, since nothing else would tell: the socket works either way.
+    spdlog::warn(
+        "rpc.listen {}: callers on TCP are not authenticated{}; anyone who can connect may call "
+        "the services that do not check their callers themselves (the spawner's among them, "
+        "which starts processes): set rpc.tls with require_client_cert (docs/rpc.md)",
+        config_.listen(), config_.has_tls() ? " (TLS without require_client_cert)" : "");
+  }
   for (const auto& peer : config_.peers()) {
     client_.monitor(peer);
   }

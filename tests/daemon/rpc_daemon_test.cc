@@ -157,6 +157,14 @@ TEST_F(RpcDaemonTest, CheckConfigFindsBadRpcSettingsBeforeStarting) {
 
 // ---- Events across nodes -----------------------------------------------------------------------
 
+TEST_F(RpcDaemonTest, ATcpListenerWithoutClientCertificatesIsWarnedAboutAtStart) {
+  auto open = startNode("a", "    {}\n", "  listen: 127.0.0.1:0\n");
+  EXPECT_THAT(open->log(), HasSubstr("rpc.listen 127.0.0.1:0: callers on TCP are not "
+                                     "authenticated; anyone who can connect may call"));
+  auto local = startNode("b", "    {}\n");
+  EXPECT_THAT(local->log(), Not(HasSubstr("not authenticated"))) << "a unix socket is 0600";
+}
+
 TEST_F(RpcDaemonTest, DispatchedEventsKeepTheirParentAndSettleTheSendersEvents) {
   auto receiver = startNode("b", fmt::format("    handled_file: {}\n", dir_.file("handled")));
   // Watch the receiver from before the first event.
