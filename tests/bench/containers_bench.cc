@@ -93,6 +93,7 @@ extern char** environ;  // NOLINT(readability-identifier-naming): POSIX names it
 namespace {
 
 namespace fs = std::filesystem;
+using snow::containers::testing::jsonString;
 using snow::containers::testing::TestDockerd;
 
 constexpr int64_t kMs = 1000000;
@@ -181,23 +182,6 @@ std::string loadAverage() {
   std::string c;
   in >> a >> b >> c;
   return a + " " + b + " " + c;
-}
-
-std::string jsonString(const std::string& text) {
-  std::string out = "\"";
-  for (const char c : text) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (c == '\n') {
-      out += "\\n";
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      out += ' ';
-    } else {
-      out += c;
-    }
-  }
-  return out + "\"";
 }
 
 // ---------------------------------------------------------------------------------------------

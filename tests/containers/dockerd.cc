@@ -107,17 +107,6 @@ std::vector<std::string> mountsUnder(const std::string& root) {
   return mounts;
 }
 
-std::string jsonString(const std::string& text) {
-  std::string out = "\"";
-  for (const char c : text) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-    }
-    out += c;
-  }
-  return out + "\"";
-}
-
 // The exit status of `pid` once it exited, polling until `deadline`; -1 when it is still running.
 int reapBy(pid_t pid, Clock::time_point deadline) {
   while (true) {
@@ -291,6 +280,23 @@ std::string TestDockerd::logTail(size_t lines) const {
     text += line + "\n";
   }
   return text;
+}
+
+std::string jsonString(const std::string& text) {
+  std::string out = "\"";
+  for (const char c : text) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      out += ' ';
+    } else {
+      out += c;
+    }
+  }
+  return out + "\"";
 }
 
 std::string busyboxDockerfile(const std::vector<std::string>& cmd, const std::string& extra) {

@@ -77,6 +77,10 @@ void writeBusyboxContext(const std::string& dir, const std::vector<std::string>&
 // The same context as an uncompressed tar, in memory: what DockerEngine::build() takes.
 std::string busyboxContextTar(const std::vector<std::string>& cmd, const std::string& extra = "");
 
+// `text` as a JSON string, quotes included: `"` and `\` escaped, a newline as \n, other control
+// characters as spaces (what a Dockerfile's JSON array and the bench's report need).
+std::string jsonString(const std::string& text);
+
 // A ustar archive of regular files (name, content), mode 0755.
 std::string makeTar(const std::vector<std::pair<std::string, std::string>>& files);
 

@@ -628,13 +628,8 @@ TEST_F(CallTest, ACallIsAClientAndAServerSpanBetweenTheCallerAndTheHandler) {
         }
         return makeReadyFuture<Reply>(pingReply(""));
       }));
-  rpc::ServerOptions serverOptions;
-  serverOptions.unixSocket = dir_.file("rpc.sock");
-  serverOptions.tracer = tracer;
-  startServer(serverOptions);
-  rpc::ClientOptions clientOptions;
-  clientOptions.tracer = tracer;
-  client(clientOptions);
+  startTraced(tracer);
+
   auto caller = tracer->StartSpan("caller");
   rpc::CallOptions options;
   options.traceParent = &caller->context();

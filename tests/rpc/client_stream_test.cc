@@ -503,13 +503,8 @@ TEST_F(ClientStreamTest, AnUploadIsAClientSpanAndAServerSpanUnderIt) {
         handlerParent = call.traceParent();
         return readAll(stream, [](const pb::PingRequest&) {}).then([] { return pingReply(""); });
       }));
-  rpc::ServerOptions serverOptions;
-  serverOptions.unixSocket = dir_.file("rpc.sock");
-  serverOptions.tracer = tracer;
-  startServer(serverOptions);
-  rpc::ClientOptions clientOptions;
-  clientOptions.tracer = tracer;
-  client(clientOptions);
+  startTraced(tracer);
+
   auto caller = tracer->StartSpan("caller");
   rpc::CallOptions options;
   options.traceParent = &caller->context();

@@ -110,6 +110,17 @@ class RpcFixture : public ::testing::Test {
     return *client_;
   }
 
+  // Both ends traced by `tracer`: a server on rpc.sock and the client, made with it.
+  void startTraced(const std::shared_ptr<opentracing::Tracer>& tracer) {
+    rpc::ServerOptions serverOptions;
+    serverOptions.unixSocket = dir_.file("rpc.sock");
+    serverOptions.tracer = tracer;
+    startServer(std::move(serverOptions));
+    rpc::ClientOptions clientOptions;
+    clientOptions.tracer = tracer;
+    client(std::move(clientOptions));
+  }
+
   std::string unixPeer(const std::string& socket) const { return "unix:" + dir_.file(socket); }
 
   // Registers kEcho: answers the request's payload, with the caller's peer as node_id.
