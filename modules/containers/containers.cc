@@ -554,8 +554,8 @@ class Containers final : public ConfiguredModule<pb::ContainersConfig> {
           placed->job.set_placements(2);
           if (other.nodeId == self()) {
             placed_.erase(placed->job.job_id());
-            Upload upload{placed->spec, nullptr, *placed->context, false};
-            return runHere(upload, parent);
+            Upload local{placed->spec, nullptr, *placed->context, false};
+            return runHere(local, parent);
           }
           return forward(placed, other.nodeId, all, parent)
               .recover([this, placed](const std::exception_ptr& again) -> pb::Job {

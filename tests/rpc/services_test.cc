@@ -86,7 +86,7 @@ TEST_F(ServicesTest, AMethodDeclaredInNodeProtoMustKeepItsTypes) {
 TEST_F(ServicesTest, AMethodNeedsExactlyOneHandler) {
   EXPECT_THAT(logicErrorOf([&] {
                 (void)services_.add({"/snow.test.Echo/None", &pb::PingRequest::default_instance(),
-                                     nullptr, nullptr});
+                                     nullptr, nullptr, nullptr});
               }),
               HasSubstr("needs a request type and one handler"));
   EXPECT_THAT(logicErrorOf([&] {
@@ -94,7 +94,7 @@ TEST_F(ServicesTest, AMethodNeedsExactlyOneHandler) {
                                      [](const rpc::CallContext&, const Message&) {
                                        return makeReadyFuture<MessagePtr>(nullptr);
                                      },
-                                     nullptr});
+                                     nullptr, nullptr});
               }),
               HasSubstr("needs a request type"));
 }
